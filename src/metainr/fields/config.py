@@ -1,0 +1,51 @@
+"""The frozen description of a field; a checkpoint rebuilds its field from this alone."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    """Architecture of one coordinate network ``f(coords) -> values``."""
+
+    kind: str = "siren"
+    """field type: siren | fourier | pe"""
+    in_dim: int = 2
+    """coordinate dimension"""
+    out_dim: int = 3
+    """value channels"""
+    width: int = 128
+    """hidden width"""
+    depth: int = 4
+    """number of linear layers, the output layer included"""
+    w0: float = 30.0
+    """SIREN frequency of the hidden sine layers"""
+    w0_first: float = 30.0
+    """SIREN frequency of the first sine layer"""
+    output_offset: float = 0.5
+    """constant added to the output (0.5 centres SIREN on [0, 1] data)"""
+    n_features: int = 128
+    """Fourier features: number of random frequencies (encoding width is twice this)"""
+    sigma: float = 10.0
+    """Fourier features: std of the Gaussian frequency matrix B, for coords in [-1, 1]"""
+    n_freqs: int = 8
+    """positional encoding: octaves L of sin/cos(2^i pi x)"""
+    rwf: bool = False
+    """random weight factorization on every linear layer"""
+    rwf_mu: float = 1.0
+    """RWF: mean of the initial log-scales"""
+    rwf_sigma: float = 0.1
+    """RWF: std of the initial log-scales"""
+    seed: int = 0
+    """seed of the initial weights and fixed encodings"""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FieldConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown field config keys: {sorted(unknown)}")
+        return cls(**data)

@@ -1,0 +1,137 @@
+"""Coordinate MLPs: SIREN, Fourier-feature MLP and NeRF positional-encoding MLP.
+
+Every field describes ONE signal: ``field(coords: (N, in_dim)) -> (N, out_dim)``. Batching over
+signals is done by the learners with ``torch.func`` (params with a leading signal dimension).
+``features(coords)`` returns the penultimate activations, which context pruning needs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .config import FieldConfig
+from .linear import RWF, Linear, uniform_init
+
+
+class Field(nn.Module):
+    """An MLP split into ``body`` (coords -> penultimate features) and a linear ``head``."""
+
+    config: FieldConfig
+
+    def encode(self, coords: Tensor) -> Tensor:
+        """coords: (..., in_dim) -> network input (..., enc_dim)."""
+        return coords
+
+    def activation(self, index: int, x: Tensor) -> Tensor:
+        """Nonlinearity after hidden layer ``index``."""
+        raise NotImplementedError
+
+    def features(self, coords: Tensor) -> Tensor:
+        """coords: (..., in_dim) in [-1, 1] -> penultimate features (..., width)."""
+        h = self.encode(coords)
+        for i, layer in enumerate(self.hidden):
+            h = self.activation(i, layer(h))
+        return h
+
+    def forward(self, coords: Tensor) -> Tensor:
+        """coords: (..., in_dim) in [-1, 1] -> values (..., out_dim)."""
+        return self.head(self.features(coords)) + self.config.output_offset
+
+
+def _resolve(config: FieldConfig | None, kind: str, overrides: dict) -> FieldConfig:
+    """A config from an explicit one, or from keyword overrides of the defaults."""
+    if config is None:
+        config = FieldConfig(kind=kind, **overrides)
+    elif overrides:
+        raise TypeError("pass either a FieldConfig or keyword arguments, not both")
+    if config.depth < 2 or config.width < 1:
+        raise ValueError(f"a field needs depth >= 2 and width >= 1, got depth={config.depth}, width={config.width}")
+    return config
+
+
+def _rwf(config: FieldConfig) -> RWF | None:
+    return RWF(config.rwf_mu, config.rwf_sigma) if config.rwf else None
+
+
+class Siren(Field):
+    """SIREN (Sitzmann et al. 2020): sine layers with the paper's initialisation."""
+
+    def __init__(self, config: FieldConfig | None = None, **overrides) -> None:
+        super().__init__()
+        self.config = config = _resolve(config, "siren", overrides)
+        g = torch.Generator().manual_seed(config.seed)
+        rwf, width = _rwf(config), config.width
+        dims = [config.in_dim] + [width] * (config.depth - 1)
+        layers = []
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            bound = 1.0 / d_in if i == 0 else math.sqrt(6.0 / d_in) / config.w0
+            layers.append(Linear(d_in, d_out, uniform_init(bound), rwf, g))
+        self.hidden = nn.ModuleList(layers)
+        head_bound = math.sqrt(6.0 / width) / config.w0
+        self.head = Linear(width, config.out_dim, uniform_init(head_bound), rwf, g)
+
+    def activation(self, index: int, x: Tensor) -> Tensor:
+        w0 = self.config.w0_first if index == 0 else self.config.w0
+        return torch.sin(w0 * x)
+
+
+class _ReluMLP(Field):
+    """ReLU MLP on a fixed encoding of the coordinates."""
+
+    def _build(self, config: FieldConfig, enc_dim: int, g: torch.Generator) -> None:
+        rwf = _rwf(config)
+        dims = [enc_dim] + [config.width] * (config.depth - 1)
+        self.hidden = nn.ModuleList(
+            Linear(d_in, d_out, None, rwf, g) for d_in, d_out in zip(dims[:-1], dims[1:])
+        )
+        self.head = Linear(config.width, config.out_dim, None, rwf, g)
+
+    def activation(self, index: int, x: Tensor) -> Tensor:
+        return torch.relu(x)
+
+
+class FourierMLP(_ReluMLP):
+    """Gaussian Fourier features ``[sin(2 pi B x), cos(2 pi B x)]``, B ~ N(0, sigma^2), fixed."""
+
+    def __init__(self, config: FieldConfig | None = None, **overrides) -> None:
+        super().__init__()
+        self.config = config = _resolve(config, "fourier", overrides)
+        g = torch.Generator().manual_seed(config.seed)
+        self.register_buffer("B", torch.randn(config.n_features, config.in_dim, generator=g) * config.sigma)
+        self._build(config, 2 * config.n_features, g)
+
+    def encode(self, coords: Tensor) -> Tensor:
+        proj = 2 * math.pi * coords @ self.B.T
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+class PositionalMLP(_ReluMLP):
+    """NeRF positional encoding ``[x, sin(2^i pi x), cos(2^i pi x)]`` for i < L."""
+
+    def __init__(self, config: FieldConfig | None = None, **overrides) -> None:
+        super().__init__()
+        self.config = config = _resolve(config, "pe", overrides)
+        g = torch.Generator().manual_seed(config.seed)
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(config.n_freqs, dtype=torch.float32))
+        self._build(config, config.in_dim * (1 + 2 * config.n_freqs), g)
+
+    def encode(self, coords: Tensor) -> Tensor:
+        proj = (coords[..., None] * self.freqs).flatten(-2)
+        return torch.cat([coords, torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+FIELDS: dict[str, type[Field]] = {"siren": Siren, "fourier": FourierMLP, "pe": PositionalMLP}
+
+
+def build_field(config: FieldConfig) -> Field:
+    """Build the field a config describes; unknown kinds raise a clear ValueError."""
+    if config.kind not in FIELDS:
+        raise ValueError(f"unknown field kind {config.kind!r}; choose from {sorted(FIELDS)}")
+    return FIELDS[config.kind](config)
+
+
+def count_parameters(field: nn.Module) -> int:
+    """Number of trainable scalars of a field."""
+    return sum(p.numel() for p in field.parameters())

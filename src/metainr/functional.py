@@ -1,0 +1,75 @@
+"""The functional core: a field's params are a dict of tensors, and everything is a function of it."""
+from __future__ import annotations
+
+from typing import Mapping, Union
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Params = dict[str, Tensor]
+LearningRates = Union[float, Mapping[str, Tensor]]
+
+
+def field_params(field: nn.Module) -> Params:
+    """The field's own parameters as a name -> tensor dict (the init it was built with)."""
+    return {name: p for name, p in field.named_parameters()}
+
+
+def predict(field: nn.Module, params: Params, coords: Tensor) -> Tensor:
+    """Evaluate a field with the given params: coords (N, d) -> values (N, C)."""
+    return functional_call(field, params, (coords,))
+
+
+def signal_mse(field: nn.Module, params: Params, coords: Tensor, values: Tensor) -> Tensor:
+    """Mean squared error of ONE signal over its coordinates and channels (a scalar)."""
+    return ((predict(field, params, coords) - values) ** 2).mean()
+
+
+def sgd_step(params: Params, grads: Mapping[str, Tensor], lrs: LearningRates) -> Params:
+    """``theta - lr * g``, with a scalar lr or one lr tensor per parameter (Meta-SGD)."""
+    if isinstance(lrs, (int, float)):
+        return {n: p - lrs * grads[n] for n, p in params.items()}
+    return {n: p - lrs[n] * grads[n] for n, p in params.items()}
+
+
+def sgd_inner_loop(
+    field: nn.Module,
+    params: Params,
+    coords: Tensor,
+    values: Tensor,
+    steps: int,
+    lrs: LearningRates,
+    create_graph: bool,
+) -> Params:
+    """K steps of gradient descent on one signal.
+
+    With ``create_graph`` the result is differentiable through the inner gradients (second-order
+    MAML); without it the inner gradients are constants (first-order), while the result still
+    depends on the initial params (and on learned lrs) through the update itself.
+    """
+    for _ in range(steps):
+        loss = signal_mse(field, params, coords, values)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+        params = sgd_step(params, dict(zip(params, grads)), lrs)
+    return params
+
+
+def functional_inner_loop(
+    field: nn.Module,
+    params: Params,
+    coords: Tensor,
+    values: Tensor,
+    steps: int,
+    lrs: LearningRates,
+    create_graph: bool,
+) -> Params:
+    """The same inner loop written with ``torch.func.grad``, so it can be ``vmap``-ed over signals."""
+    grad_fn = torch.func.grad(lambda p: signal_mse(field, p, coords, values))
+    for _ in range(steps):
+        grads = grad_fn(params)
+        if not create_graph:
+            grads = {n: g.detach() for n, g in grads.items()}
+        params = sgd_step(params, grads, lrs)
+    return params
+

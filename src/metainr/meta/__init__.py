@@ -1,0 +1,19 @@
+"""Meta-learners: each maps (init params, a batch of signals) to an outer gradient."""
+from ..fields import Field
+from .base import Learner, LearnerConfig, TestRule
+from ..functional import Params, field_params, predict, sgd_inner_loop, signal_mse
+from .maml import FOMAML, MAML, MetaSGD
+from .reptile import Reptile
+
+LEARNERS = {"maml": MAML, "fomaml": MAML, "metasgd": MAML, "reptile": Reptile}
+
+
+def build_learner(field: Field, config: LearnerConfig) -> Learner:
+    """The learner a config names, around ``field``; unknown kinds raise a clear ValueError."""
+    if config.kind not in LEARNERS:
+        raise ValueError(f"unknown learner {config.kind!r}; choose from {sorted(LEARNERS)}")
+    return LEARNERS[config.kind](field, config)
+
+
+__all__ = ["LEARNERS", "Learner", "LearnerConfig", "TestRule", "MAML", "FOMAML", "MetaSGD", "Reptile",
+           "build_learner", "Params", "field_params", "predict", "sgd_inner_loop", "signal_mse"]

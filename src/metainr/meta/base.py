@@ -1,0 +1,89 @@
+"""What every meta-learner offers the trainer and test-time fitting."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..fields import Field
+from ..functional import LearningRates, Params, field_params
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Settings of a meta-learner (the field is configured separately)."""
+
+    kind: str = "maml"
+    """learner: maml | fomaml | metasgd | reptile"""
+    inner_steps: int = 3
+    """inner-loop steps K per signal during meta-training"""
+    inner_lr: float = 1e-2
+    """inner-loop step size alpha (Meta-SGD: its initial value)"""
+    first_order: bool = False
+    """detach inner gradients (set for fomaml; optional for metasgd)"""
+    inner_optimizer: str = "sgd"
+    """reptile: sgd | adam for the inner loop"""
+    batching: str = "loop"
+    """how the meta-batch runs: loop (per-signal backward, least memory) | vmap"""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LearnerConfig":
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown learner config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TestRule:
+    """How a learned init is fitted at test time."""
+
+    optimizer: Literal["sgd", "adam"]
+    lrs: LearningRates
+
+
+class Learner(nn.Module):
+    """A meta-learner owns the field (whose parameters are the meta-learned init) and its math.
+
+    Subclasses implement :meth:`meta_gradient`; the trainer applies the returned gradients with
+    its outer optimiser. Everything the trainer optimises is ``self.named_parameters()``.
+    """
+
+    def __init__(self, field: Field, config: LearnerConfig) -> None:
+        super().__init__()
+        if config.inner_steps < 0:
+            raise ValueError(f"inner_steps must be >= 0, got {config.inner_steps}")
+        if config.batching not in ("loop", "vmap"):
+            raise ValueError(f"batching must be 'loop' or 'vmap', got {config.batching!r}")
+        self.field = field
+        self.config = config
+
+    def init_params(self) -> Params:
+        """The meta-learned initialisation (live parameters, differentiable)."""
+        return field_params(self.field)
+
+    def inner_lrs(self) -> LearningRates:
+        """Step size(s) of the inner loop: a float, or a tensor per parameter."""
+        return self.config.inner_lr
+
+    def test_rule(self) -> TestRule:
+        """The optimiser and step size(s) to fit new signals from this init."""
+        lrs = self.inner_lrs()
+        if not isinstance(lrs, float):
+            lrs = {n: t.detach().clone() for n, t in lrs.items()}
+        return TestRule("sgd", lrs)
+
+    def meta_gradient(self, coords: Tensor, values: Tensor) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """One meta-batch -> (stats, gradient for every name in ``named_parameters()``).
+
+        coords: (N, d) shared by the batch; values: (B, N, C).
+        """
+        raise NotImplementedError
+
+    def _zero_grads(self) -> dict[str, Tensor]:
+        return {n: torch.zeros_like(p) for n, p in self.named_parameters()}

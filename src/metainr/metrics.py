@@ -1,0 +1,66 @@
+"""Per-signal image metrics: PSNR and SSIM. Always one number per signal, never batch-level."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def mse_per_signal(pred: Tensor, target: Tensor) -> Tensor:
+    """pred, target: (B, N, C) -> (B,) mean squared error over coordinates and channels."""
+    return ((pred - target) ** 2).flatten(1).mean(dim=1)
+
+
+def psnr(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
+    """Per-signal PSNR in dB of predictions clamped to the data range.
+
+    pred, target: (B, ...) -> (B,). A perfect fit gives +inf; cap it when averaging.
+    """
+    pred = pred.clamp(0.0, data_range)
+    mse = ((pred - target) ** 2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(data_range**2 / mse)
+
+
+def mean_psnr(values: Tensor, cap: float = 60.0) -> float:
+    """Mean of per-signal PSNRs, each capped (above ~60 dB differences are float noise)."""
+    return float(values.clamp(max=cap).mean())
+
+
+def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> Tensor:
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    w = torch.exp(-(x**2) / (2 * sigma**2))
+    return w / w.sum()
+
+
+def ssim(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
+    """Per-signal SSIM with a Gaussian window (sigma 1.5), averaged over channels.
+
+    Matches ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=...)`` on the interior (valid) region.
+    pred, target: (B, H, W, C) -> (B,).
+    """
+    if pred.shape != target.shape or pred.dim() != 4:
+        raise ValueError(f"ssim expects two (B, H, W, C) tensors, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    dtype = pred.dtype
+    x = pred.clamp(0.0, data_range).permute(0, 3, 1, 2).double()
+    y = target.permute(0, 3, 1, 2).double()
+    b, c, h, w = x.shape
+    win = _gaussian_window()
+    k = win.numel()
+    if h < k or w < k:
+        raise ValueError(f"ssim needs images of at least {k}x{k} pixels, got {h}x{w}")
+    kh = win.view(1, 1, k, 1).repeat(c, 1, 1, 1)
+    kw = win.view(1, 1, 1, k).repeat(c, 1, 1, 1)
+
+    def blur(t: Tensor) -> Tensor:
+        return F.conv2d(F.conv2d(t, kh, groups=c), kw, groups=c)
+
+    mx, my = blur(x), blur(y)
+    vx = blur(x * x) - mx * mx
+    vy = blur(y * y) - my * my
+    cxy = blur(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3)).to(dtype)
+

@@ -195,7 +195,7 @@ def meta_train(
             if not (math.isfinite(stats["loss"]) and math.isfinite(norm)):
                 good = f"{ckpt} (step {_ckpt_step(ckpt)})" if ckpt is not None and ckpt.is_file() else "none written"
                 raise TrainingDiverged(
-                    f"training diverged at step {step}: outer loss {stats['loss']}, gradient norm {norm}; "
+                    f"training diverged at outer step {step + 1}: outer loss {stats['loss']}, gradient norm {norm}; "
                     f"last good checkpoint: {good}"
                 )
             for group in optimizer.param_groups:
@@ -215,6 +215,8 @@ def meta_train(
                                         {"best_psnr": best[0], "best_step": done})
                 else:
                     evals_without_gain += 1
+                log.info("step %d/%d: loss %.3e, validation PSNR %.2f dB (best %.2f at step %d)", done,
+                         config.steps, stats["loss"], record["val_psnr"], best[0], best[1])
             if run is not None and (done % config.log_every == 0 or "val_psnr" in record or done == config.steps):
                 _append_jsonl(run / "metrics.jsonl", record)
             bar.update(1)

@@ -32,6 +32,8 @@ class Linear(nn.Module):
         weight_init: fills a ``(out_dim, in_dim)`` tensor in place with the plain weight.
         rwf: factorize the weight; the function at init equals the plain layer's.
         generator: random source for the initial weights (reproducible fields).
+        scale_generator: random source for the RWF log-scales; kept apart from ``generator`` so a
+            factorized field with the same seed computes exactly the plain field's function.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class Linear(nn.Module):
         weight_init: Callable[[Tensor, torch.Generator | None], None] | None = None,
         rwf: RWF | None = None,
         generator: torch.Generator | None = None,
+        scale_generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.in_dim, self.out_dim, self.factorized = in_dim, out_dim, rwf is not None
@@ -54,7 +57,7 @@ class Linear(nn.Module):
         if rwf is None:
             self.weight = nn.Parameter(weight)
         else:
-            s = torch.randn(out_dim, 1, generator=generator) * rwf.sigma + rwf.mu
+            s = torch.randn(out_dim, 1, generator=scale_generator) * rwf.sigma + rwf.mu
             self.s = nn.Parameter(s)
             self.v = nn.Parameter(weight / torch.exp(s))
         self.bias = nn.Parameter(bias)

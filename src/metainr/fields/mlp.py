@@ -55,22 +55,27 @@ def _rwf(config: FieldConfig) -> RWF | None:
     return RWF(config.rwf_mu, config.rwf_sigma) if config.rwf else None
 
 
+def _generators(config: FieldConfig) -> tuple[torch.Generator, torch.Generator]:
+    """Weight and RWF-scale random streams of a field."""
+    return torch.Generator().manual_seed(config.seed), torch.Generator().manual_seed(config.seed + 1_000_003)
+
+
 class Siren(Field):
     """SIREN (Sitzmann et al. 2020): sine layers with the paper's initialisation."""
 
     def __init__(self, config: FieldConfig | None = None, **overrides) -> None:
         super().__init__()
         self.config = config = _resolve(config, "siren", overrides)
-        g = torch.Generator().manual_seed(config.seed)
+        g, gs = _generators(config)
         rwf, width = _rwf(config), config.width
         dims = [config.in_dim] + [width] * (config.depth - 1)
         layers = []
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
             bound = 1.0 / d_in if i == 0 else math.sqrt(6.0 / d_in) / config.w0
-            layers.append(Linear(d_in, d_out, uniform_init(bound), rwf, g))
+            layers.append(Linear(d_in, d_out, uniform_init(bound), rwf, g, gs))
         self.hidden = nn.ModuleList(layers)
         head_bound = math.sqrt(6.0 / width) / config.w0
-        self.head = Linear(width, config.out_dim, uniform_init(head_bound), rwf, g)
+        self.head = Linear(width, config.out_dim, uniform_init(head_bound), rwf, g, gs)
 
     def activation(self, index: int, x: Tensor) -> Tensor:
         w0 = self.config.w0_first if index == 0 else self.config.w0
@@ -81,12 +86,12 @@ class _ReluMLP(Field):
     """ReLU MLP on a fixed encoding of the coordinates."""
 
     def _build(self, config: FieldConfig, enc_dim: int, g: torch.Generator) -> None:
-        rwf = _rwf(config)
+        rwf, gs = _rwf(config), _generators(config)[1]
         dims = [enc_dim] + [config.width] * (config.depth - 1)
         self.hidden = nn.ModuleList(
-            Linear(d_in, d_out, None, rwf, g) for d_in, d_out in zip(dims[:-1], dims[1:])
+            Linear(d_in, d_out, None, rwf, g, gs) for d_in, d_out in zip(dims[:-1], dims[1:])
         )
-        self.head = Linear(config.width, config.out_dim, None, rwf, g)
+        self.head = Linear(config.width, config.out_dim, None, rwf, g, gs)
 
     def activation(self, index: int, x: Tensor) -> Tensor:
         return torch.relu(x)
@@ -98,7 +103,7 @@ class FourierMLP(_ReluMLP):
     def __init__(self, config: FieldConfig | None = None, **overrides) -> None:
         super().__init__()
         self.config = config = _resolve(config, "fourier", overrides)
-        g = torch.Generator().manual_seed(config.seed)
+        g = _generators(config)[0]
         self.register_buffer("B", torch.randn(config.n_features, config.in_dim, generator=g) * config.sigma)
         self._build(config, 2 * config.n_features, g)
 
@@ -113,7 +118,7 @@ class PositionalMLP(_ReluMLP):
     def __init__(self, config: FieldConfig | None = None, **overrides) -> None:
         super().__init__()
         self.config = config = _resolve(config, "pe", overrides)
-        g = torch.Generator().manual_seed(config.seed)
+        g = _generators(config)[0]
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(config.n_freqs, dtype=torch.float32))
         self._build(config, config.in_dim * (1 + 2 * config.n_freqs), g)
 

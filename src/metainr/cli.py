@@ -1,0 +1,317 @@
+"""The ``metainr`` command: meta-train, fit, eval, demo, plot.
+
+User mistakes end with one line on stderr (``metainr: error: ...``) and exit code 1 (2 for
+bad options); never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from ._argparse_dc import add_config_args, config_from_args, given_options
+from .errors import MetaINRError
+from .fields import FieldConfig
+
+log = logging.getLogger("metainr")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        self.exit(2, f"metainr: error: {message} (see '{self.prog} --help')\n")
+
+
+def _parse_steps(text: str) -> list[int]:
+    try:
+        steps = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"steps must be comma-separated integers, got {text!r}") from None
+    if not steps or steps[0] < 0:
+        raise argparse.ArgumentTypeError(f"steps must be non-negative integers, got {text!r}")
+    return steps
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``metainr`` command (options generated from the configs)."""
+    from .meta import LearnerConfig
+    from .train import TrainConfig
+
+    parser = _Parser(prog="metainr", description="Meta-learned neural fields.")
+    parser.add_argument("--version", action="version", version=f"metainr {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("meta-train", help="meta-learn an initialisation for a class of images")
+    p.add_argument("--data", default="faces", help="faces | patches | a folder of images (default: faces)")
+    p.add_argument("--val-data", default=None, help="validation images: faces | patches | folder "
+                   "(default: the test split of an embedded dataset)")
+    p.add_argument("--resolution", type=_positive_int, default=None, help="image side in pixels (default: 25 faces, 32 else)")
+    p.add_argument("--run", required=True, help="run directory for checkpoints and logs")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run from its checkpoint")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    add_config_args(p, FieldConfig, "field", rename={"kind": "field", "seed": "field-seed"})
+    add_config_args(p, LearnerConfig, "learner", rename={"kind": "learner"})
+    add_config_args(p, TrainConfig, "train")
+
+    p = sub.add_parser("fit", help="fit one image from a learned or a random init")
+    p.add_argument("image", help="PNG/JPEG file")
+    p.add_argument("--init", required=True, help="a checkpoint (.safetensors) or 'random'")
+    p.add_argument("--steps", type=int, default=None, help="fitting steps (default: 2 learned, 500 random)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
+                   help="default: the learner's inner rule for a checkpoint, adam for random")
+    p.add_argument("--lr", type=float, default=None, help="step size (default: learned lrs / 1e-3 for adam)")
+    p.add_argument("--resolution", type=_positive_int, default=None, help="resize + centre-crop to this side first")
+    p.add_argument("--out", default=None, help="reconstruction PNG (default: IMAGE.recon.png beside it)")
+    p.add_argument("--save-field", default=None, help="also save the fitted field (.safetensors)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_config_args(p, FieldConfig, "field", rename={"kind": "field", "seed": "field-seed"}, skip=("out_dim",))
+
+    p = sub.add_parser("eval", help="held-out PSNR/SSIM after fitting a dataset's images")
+    p.add_argument("--init", required=True, help="a checkpoint (.safetensors) or 'random'")
+    p.add_argument("--data", default="faces", help="faces | patches | a folder of images")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="split of an embedded dataset")
+    p.add_argument("--resolution", type=_positive_int, default=None, help="image side (default: the checkpoint's)")
+    p.add_argument("--steps", type=_parse_steps, default=[0, 1, 2, 5, 10], help="comma-separated step counts")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_config_args(p, FieldConfig, "field", rename={"kind": "field", "seed": "field-seed"}, skip=("out_dim",))
+
+    p = sub.add_parser("demo", help="meta-learn on faces, fit held-out faces, write a report")
+    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (for smoke tests)")
+
+    p = sub.add_parser("plot", help="plot a run's training curve (metrics.jsonl)")
+    p.add_argument("run", help="run directory with metrics.jsonl")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN/training.png)")
+    return parser
+
+
+
+def _default_resolution(data: str) -> int:
+    return 25 if data == "faces" else 32
+
+
+def cmd_meta_train(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .fields import build_field
+    from .meta import LearnerConfig, build_learner
+    from .train import TrainConfig, meta_train
+
+    resolution = args.resolution or _default_resolution(args.data)
+    train_set = load_dataset(args.data, "train", resolution)
+    val_name = args.val_data or (args.data if args.data in ("faces", "patches") else None)
+    val_set = load_dataset(val_name, "test", resolution) if val_name else None
+    field_cfg = config_from_args(args, FieldConfig, "field", FieldConfig(out_dim=train_set.shape[-1]))
+    if field_cfg.out_dim != train_set.shape[-1]:
+        raise MetaINRError(f"--out-dim {field_cfg.out_dim} does not match the data's {train_set.shape[-1]} channels")
+    learner_cfg = config_from_args(args, LearnerConfig, "learner")
+    train_cfg = config_from_args(args, TrainConfig, "train")
+    if val_set is not None and train_cfg.eval_every == 0:
+        train_cfg = config_from_args(args, TrainConfig, "train", TrainConfig(eval_every=max(train_cfg.steps // 10, 1)))
+    try:
+        learner = build_learner(build_field(field_cfg), learner_cfg)
+    except ValueError as exc:
+        raise MetaINRError(str(exc)) from None
+    data = {"source": args.data, "resolution": resolution, "channels": train_set.shape[-1]}
+    meta_train(learner, train_set, train_cfg, run_dir=args.run, resume=args.resume, val=val_set, data=data,
+               max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+    print(f"meta-training done: {Path(args.run) / 'checkpoint.safetensors'}", file=sys.stderr)
+    return 0
+
+
+def _load_init(args: argparse.Namespace, channels: int):
+    """(field, init params, default test rule, resolution or None) from --init."""
+    from .fields import build_field
+    from .functional import field_params
+    from .meta import TestRule
+    from .train import load_learner
+
+    if args.init == "random":
+        try:
+            field = build_field(config_from_args(args, FieldConfig, "field", FieldConfig(out_dim=channels)))
+        except ValueError as exc:
+            raise MetaINRError(str(exc)) from None
+        return field, {n: p.detach() for n, p in field_params(field).items()}, TestRule("adam", 1e-3), None, 500
+    if given_options(args, FieldConfig, "field"):
+        raise MetaINRError("field options only apply to --init random; a checkpoint carries its own architecture")
+    learner, meta = load_learner(args.init)
+    init = {n: p.detach() for n, p in learner.init_params().items()}
+    resolution = (meta.get("data") or {}).get("resolution")
+    return learner.field, init, learner.test_rule(), resolution, max(learner.config.inner_steps, 2)
+
+
+def _rule(args: argparse.Namespace, default):
+    from .meta import TestRule
+
+    optimizer = args.optimizer or default.optimizer
+    if args.lr is not None:
+        if args.lr <= 0:
+            raise MetaINRError(f"--lr must be positive, got {args.lr}")
+        return TestRule(optimizer, args.lr)
+    if optimizer != default.optimizer:
+        return TestRule(optimizer, 1e-3 if optimizer == "adam" else 1e-2)
+    return default
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .data.images import load_image, resize_center_crop
+    from .fit import batched_predict, fit
+    from .metrics import ssim
+    from .signals import grid_coords, values_to_image
+    from .store import save_tensors
+
+    if args.steps is not None and args.steps < 0:
+        raise MetaINRError(f"--steps must be >= 0, got {args.steps}")
+    probe = load_image(args.image)
+    channels = probe.shape[-1]
+    if args.init != "random":
+        from .store import load_tensors
+
+        channels = int(load_tensors(args.init)[1]["field"]["out_dim"])
+    field, init, default_rule, ckpt_res, default_steps = _load_init(args, channels)
+    image = load_image(args.image, channels=field.config.out_dim)
+    resolution = args.resolution or ckpt_res
+    if resolution:
+        image = resize_center_crop(image, resolution)
+    rule = _rule(args, default_rule)
+    steps = default_steps if args.steps is None else args.steps
+    h, w, c = image.shape
+    coords, values = grid_coords(h, w), image.reshape(1, -1, c)
+    result = fit(field, init, coords, values, steps, optimizer=rule.optimizer, lr=rule.lrs,
+                 record=list(range(steps + 1)))
+    with torch.no_grad():
+        recon = values_to_image(batched_predict(field, result.params, coords), h, w).clamp(0, 1)
+    out = Path(args.out) if args.out else Path(args.image).with_suffix(".recon.png")
+    _write_png(out, recon[0])
+    if args.save_field:
+        save_tensors(args.save_field, {n: p[0] for n, p in result.params.items()},
+                     {"field": field.config.to_dict(), "image": str(args.image), "steps": steps})
+    final_ssim = float(ssim(recon, image[None])[0]) if min(h, w) >= 11 else None
+    report = {"image": str(args.image), "init": args.init, "optimizer": rule.optimizer,
+              "steps": result.steps, "psnr": [round(float(v), 4) for v in result.psnr[0]],
+              "final_psnr": float(result.psnr[0, -1]), "final_ssim": final_ssim, "output": str(out)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{args.image}: {steps} steps -> PSNR {report['final_psnr']:.2f} dB"
+              + (f", SSIM {final_ssim:.4f}" if final_ssim is not None else "") + f"; wrote {out}")
+    return 0
+
+
+def _write_png(path: Path, image: torch.Tensor) -> None:
+    import io
+
+    from PIL import Image
+
+    from .store import atomic_write_bytes
+
+    array = (image.numpy() * 255 + 0.5).astype("uint8")
+    pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .fit import batched_predict, fit
+    from .metrics import mean_psnr, ssim
+    from .signals import values_to_image
+
+    channels = 3
+    if args.init != "random":
+        from .store import load_tensors
+
+        channels = int(load_tensors(args.init)[1]["field"]["out_dim"])
+    elif args.data == "faces":
+        channels = 1
+    field, init, default_rule, ckpt_res, _ = _load_init(args, channels)
+    resolution = args.resolution or ckpt_res or _default_resolution(args.data)
+    dataset = load_dataset(args.data, args.split, resolution)
+    if dataset.shape[-1] != field.config.out_dim:
+        raise MetaINRError(f"data has {dataset.shape[-1]} channels but the field outputs {field.config.out_dim}")
+    rule = _rule(args, default_rule)
+    result = fit(field, init, dataset.coords, dataset.values, max(args.steps), optimizer=rule.optimizer,
+                 lr=rule.lrs, record=args.steps)
+    h, w, c = dataset.shape
+    with torch.no_grad():
+        recon = values_to_image(batched_predict(field, result.params, dataset.coords), h, w)
+    final_ssim = float(ssim(recon, dataset.images).mean()) if min(h, w) >= 11 else None
+    report = {"init": args.init, "data": args.data, "split": args.split, "resolution": resolution,
+              "signals": len(dataset), "optimizer": rule.optimizer, "steps": result.steps,
+              "psnr": [round(mean_psnr(result.psnr[:, i]), 4) for i in range(len(result.steps))],
+              "final_ssim": final_ssim}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{len(dataset)} {args.data}/{args.split} signals at {resolution}px, {rule.optimizer}:")
+        for s, v in zip(report["steps"], report["psnr"]):
+            print(f"  step {s:>5}: PSNR {v:6.2f} dB")
+        if final_ssim is not None:
+            print(f"  final SSIM {final_ssim:.4f}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, quick=args.quick)
+    print(json.dumps(summary["headline"], indent=2))
+    print(f"report written to {args.out}/", file=sys.stderr)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_training
+    from .train import read_metrics
+
+    path = Path(args.run) / "metrics.jsonl"
+    if not path.is_file():
+        raise MetaINRError(f"no metrics.jsonl in {args.run}")
+    records = read_metrics(path)
+    if not records:
+        raise MetaINRError(f"{path} is empty")
+    out = args.out or str(Path(args.run) / "training.png")
+    plot_training(records, out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"meta-train": cmd_meta_train, "fit": cmd_fit, "eval": cmd_eval, "demo": cmd_demo, "plot": cmd_plot}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``metainr`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return COMMANDS[args.command](args)
+    except MetaINRError as exc:
+        print(f"metainr: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("metainr: interrupted (the last checkpoint is kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(int(os.environ.get("METAINR_TEST_THREADS", "2")))
+    yield

@@ -1,0 +1,133 @@
+"""The command line as a user meets it: outputs, files, and one-line errors for mistakes."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from metainr.cli import main
+
+
+def run(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    code = main(["meta-train", "--data", "faces", "--run", str(run_dir), "--width", "16", "--depth", "3",
+                 "--steps", "4", "--batch-size", "4", "--inner-steps", "2", "--eval-every", "2"])
+    assert code == 0
+    return run_dir / "checkpoint.safetensors"
+
+
+@pytest.fixture
+def face_png(tmp_path):
+    from metainr import faces
+
+    arr = (faces("test").images[0, ..., 0].numpy() * 255).astype(np.uint8)
+    path = tmp_path / "face.png"
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_meta_train_writes_checkpoint_config_and_log(ckpt):
+    run_dir = ckpt.parent
+    assert ckpt.is_file() and (run_dir / "best.safetensors").is_file()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["field"]["width"] == 16 and config["learner"]["inner_steps"] == 2
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_psnr" in r] == [2, 4]
+
+
+def test_meta_train_resume_continues_to_more_steps(ckpt, capsys, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(ckpt.parent, run_dir)
+    code, _, _ = run(capsys, "meta-train", "--data", "faces", "--run", str(run_dir), "--width", "16", "--depth", "3",
+                     "--steps", "6", "--batch-size", "4", "--inner-steps", "2", "--eval-every", "2", "--resume")
+    assert code == 0
+    from metainr.store import load_tensors
+
+    assert load_tensors(run_dir / "checkpoint.safetensors")[1]["step"] == 6
+
+
+def test_fit_json_reports_per_step_psnr_and_writes_reconstruction(ckpt, face_png, capsys, tmp_path):
+    out = tmp_path / "recon.png"
+    code, stdout, _ = run(capsys, "fit", str(face_png), "--init", str(ckpt), "--steps", "3", "--json",
+                          "--out", str(out), "--save-field", str(tmp_path / "f.safetensors"))
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["steps"] == [0, 1, 2, 3] and len(report["psnr"]) == 4
+    assert report["psnr"][-1] > report["psnr"][0]
+    assert Image.open(out).size == (25, 25)
+    assert (tmp_path / "f.safetensors").is_file()
+
+
+def test_fit_from_random_init_uses_adam(face_png, capsys, tmp_path):
+    code, stdout, _ = run(capsys, "fit", str(face_png), "--init", "random", "--steps", "30", "--json",
+                          "--width", "16", "--depth", "3", "--out", str(tmp_path / "r.png"))
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["optimizer"] == "adam" and report["psnr"][-1] > report["psnr"][0] + 3
+
+
+def test_eval_json(ckpt, capsys):
+    code, stdout, _ = run(capsys, "eval", "--init", str(ckpt), "--data", "faces", "--steps", "0,2", "--json")
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["steps"] == [0, 2] and report["signals"] == 20 and report["psnr"][1] > report["psnr"][0]
+    assert 0 < report["final_ssim"] <= 1
+
+
+def test_plot_writes_png(ckpt, capsys):
+    code, _, _ = run(capsys, "plot", str(ckpt.parent))
+    assert code == 0 and (ckpt.parent / "training.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "missing.png", "--init", "random"], "image file not found"),
+    (["meta-train", "--data", "EMPTY", "--run", "RUN"], "no images"),
+    (["meta-train", "--data", "faces", "--resolution", "0", "--run", "RUN"], "expected a positive integer"),
+    (["fit", "FACE", "--init", "random", "--resolution", "-3"], "expected a positive integer"),
+    (["fit", "CORRUPT", "--init", "random"], "cannot read image"),
+    (["fit", "FACE", "--init", "NOTCKPT"], "cannot read checkpoint"),
+    (["fit", "FACE", "--init", "CKPT", "--width", "64"], "field options only apply"),
+    (["meta-train", "--data", "faces", "--run", "RESUMEDIR", "--width", "32", "--depth", "3", "--resume"],
+     "width=16 but this run has width=32"),
+    (["meta-train", "--data", "faces", "--run", "RUN", "--inner-lr", "1e30", "--steps", "3", "--width", "8"],
+     "diverged at outer step 1"),
+    (["eval", "--init", "random", "--data", "faces", "--steps", "1,x"], "comma-separated integers"),
+    (["fit", "FACE", "--init", "random", "--bogus-option"], "unrecognized arguments"),
+])
+def test_user_mistakes_give_one_line_errors(argv, message, ckpt, face_png, tmp_path, capsys):
+    import shutil
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "notckpt.safetensors").write_bytes(b"garbage")
+    resume_dir = tmp_path / "resume"
+    shutil.copytree(ckpt.parent, resume_dir)
+    subs = {"EMPTY": str(tmp_path / "empty"), "RUN": str(tmp_path / "run"), "FACE": str(face_png),
+            "CORRUPT": str(tmp_path / "corrupt.png"), "NOTCKPT": str(tmp_path / "notckpt.safetensors"),
+            "CKPT": str(ckpt), "RESUMEDIR": str(resume_dir)}
+    code, _, err = run(capsys, *[subs.get(a, a) for a in argv])
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("metainr: error:"), err
+    assert message in lines[0]
+
+
+def test_installed_command_exits_nonzero_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "metainr.cli", "fit", str(tmp_path / "nope.png"), "--init", "random"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("metainr: error: image file not found")

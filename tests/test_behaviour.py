@@ -25,7 +25,7 @@ def test_short_maml_beats_random_init_after_two_steps():
     learner = MAML(Siren(out_dim=1, width=32, depth=4), inner_steps=3, inner_lr=1e-2)
     meta_train(learner, train, TrainConfig(steps=120, batch_size=8, outer_lr=1e-3), progress=False)
     meta, random = _meta_psnr_after(learner, 2, test), _best_random_psnr_after(2, test)
-    # measured: ~21 dB vs ~14.8 dB (best Adam lr); 4 dB leaves room for platform noise
+    # measured here: 22.8 dB vs 14.8 dB (best Adam lr); a 4 dB margin leaves room for platform noise
     assert meta > random + 4.0, (meta, random)
 
 
@@ -34,4 +34,5 @@ def test_short_reptile_beats_random_init_after_two_steps():
     learner = Reptile(Siren(out_dim=1, width=32, depth=4), inner_steps=8, inner_lr=1e-2)
     meta_train(learner, train, TrainConfig(steps=120, batch_size=8, outer_lr=1e-3), progress=False)
     meta, random = _meta_psnr_after(learner, 2, test), _best_random_psnr_after(2, test)
-    assert meta > random + 2.0, (meta, random)
+    # measured here: 20.2 dB vs 14.8 dB
+    assert meta > random + 3.0, (meta, random)

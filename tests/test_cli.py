@@ -106,6 +106,8 @@ def test_plot_writes_png(ckpt, capsys):
     (["meta-train", "--data", "faces", "--run", "RUN", "--inner-lr", "1e30", "--steps", "3", "--width", "8"],
      "diverged at outer step 1"),
     (["eval", "--init", "random", "--data", "faces", "--steps", "1,x"], "comma-separated integers"),
+    (["meta-train", "--data", "faces", "--run", "RUN", "--batch-size", "0"], "batch_size >= 1"),
+    (["meta-train", "--data", "faces", "--run", "RUN", "--learner", "nope"], "invalid choice"),
     (["fit", "FACE", "--init", "random", "--bogus-option"], "unrecognized arguments"),
 ])
 def test_user_mistakes_give_one_line_errors(argv, message, ckpt, face_png, tmp_path, capsys):

@@ -22,8 +22,14 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, group: str,
-                    rename: dict[str, str] | None = None, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--option`` per dataclass field, stored as ``{group}.{field}`` in the namespace."""
+                    rename: dict[str, str] | None = None, skip: tuple[str, ...] = (),
+                    choices: dict[str, list[str]] | None = None) -> None:
+    """Add one ``--option`` per dataclass field, stored as ``{group}.{field}`` in the namespace.
+
+    ``rename`` maps field names to option names, ``skip`` leaves fields out, and ``choices``
+    restricts string fields to registry names (argparse then rejects others in one line).
+    """
+    choices = choices or {}
     rename = rename or {}
     docs = field_docs(cls)
     grp = parser.add_argument_group(group)
@@ -37,7 +43,10 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, group: str,
             grp.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
             typ = {"int": int, "float": float, "str": str}.get(str(f.type), f.type)
-            grp.add_argument(flag, type=typ, metavar=f.name.upper(), **kwargs)
+            if f.name in choices:
+                grp.add_argument(flag, type=typ, choices=choices[f.name], **kwargs)
+            else:
+                grp.add_argument(flag, type=typ, metavar=f.name.upper(), **kwargs)
 
 
 def config_from_args(args: argparse.Namespace, cls: type, group: str, base: Any | None = None) -> Any:

@@ -6,6 +6,7 @@ bad options); never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -48,8 +49,12 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``metainr`` command (options generated from the configs)."""
-    from .meta import LearnerConfig
+    from .fields import FIELDS
+    from .meta import LEARNERS, LearnerConfig
     from .train import TrainConfig
+
+    field_opts = dict(rename={"kind": "field", "seed": "field-seed"}, skip=("in_dim", "out_dim"),
+                      choices={"kind": sorted(FIELDS)})
 
     parser = _Parser(prog="metainr", description="Meta-learned neural fields.")
     parser.add_argument("--version", action="version", version=f"metainr {__version__}")
@@ -65,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory for checkpoints and logs")
     p.add_argument("--resume", action="store_true", help="continue the run in --run from its checkpoint")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
-    add_config_args(p, FieldConfig, "field", rename={"kind": "field", "seed": "field-seed"})
-    add_config_args(p, LearnerConfig, "learner", rename={"kind": "learner"})
-    add_config_args(p, TrainConfig, "train")
+    add_config_args(p, FieldConfig, "field", **field_opts)
+    add_config_args(p, LearnerConfig, "learner", rename={"kind": "learner"},
+                    choices={"kind": sorted(LEARNERS), "batching": ["loop", "vmap"], "inner_optimizer": ["sgd", "adam"]})
+    add_config_args(p, TrainConfig, "train", choices={"schedule": ["constant", "cosine"]})
 
     p = sub.add_parser("fit", help="fit one image from a learned or a random init")
     p.add_argument("image", help="PNG/JPEG file")
@@ -80,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="reconstruction PNG (default: IMAGE.recon.png beside it)")
     p.add_argument("--save-field", default=None, help="also save the fitted field (.safetensors)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    add_config_args(p, FieldConfig, "field", rename={"kind": "field", "seed": "field-seed"}, skip=("out_dim",))
+    add_config_args(p, FieldConfig, "field", **field_opts)
 
     p = sub.add_parser("eval", help="held-out PSNR/SSIM after fitting a dataset's images")
     p.add_argument("--init", required=True, help="a checkpoint (.safetensors) or 'random'")
@@ -91,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    add_config_args(p, FieldConfig, "field", rename={"kind": "field", "seed": "field-seed"}, skip=("out_dim",))
+    add_config_args(p, FieldConfig, "field", **field_opts)
 
     p = sub.add_parser("demo", help="meta-learn on faces, fit held-out faces, write a report")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
@@ -118,14 +124,12 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     train_set = load_dataset(args.data, "train", resolution)
     val_name = args.val_data or (args.data if args.data in ("faces", "patches") else None)
     val_set = load_dataset(val_name, "test", resolution) if val_name else None
-    field_cfg = config_from_args(args, FieldConfig, "field", FieldConfig(out_dim=train_set.shape[-1]))
-    if field_cfg.out_dim != train_set.shape[-1]:
-        raise MetaINRError(f"--out-dim {field_cfg.out_dim} does not match the data's {train_set.shape[-1]} channels")
-    learner_cfg = config_from_args(args, LearnerConfig, "learner")
-    train_cfg = config_from_args(args, TrainConfig, "train")
-    if val_set is not None and train_cfg.eval_every == 0:
-        train_cfg = config_from_args(args, TrainConfig, "train", TrainConfig(eval_every=max(train_cfg.steps // 10, 1)))
     try:
+        field_cfg = config_from_args(args, FieldConfig, "field", FieldConfig(out_dim=train_set.shape[-1]))
+        learner_cfg = config_from_args(args, LearnerConfig, "learner")
+        train_cfg = config_from_args(args, TrainConfig, "train")
+        if val_set is not None and given_options(args, TrainConfig, "train").get("eval_every") is None:
+            train_cfg = dataclasses.replace(train_cfg, eval_every=max(train_cfg.steps // 10, 1))
         learner = build_learner(build_field(field_cfg), learner_cfg)
     except ValueError as exc:
         raise MetaINRError(str(exc)) from None

@@ -55,6 +55,15 @@ class TrainConfig:
     log_every: int = 10
     """append a line to metrics.jsonl every this many steps"""
 
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.outer_lr <= 0 or self.clip < 0:
+            raise ValueError(f"need steps >= 0, batch_size >= 1, outer_lr > 0 and clip >= 0; got steps={self.steps}, "
+                             f"batch_size={self.batch_size}, outer_lr={self.outer_lr}, clip={self.clip}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if min(self.checkpoint_every, self.log_every) < 1 or min(self.eval_every, self.eval_steps, self.patience) < 0:
+            raise ValueError("checkpoint_every and log_every must be >= 1; eval_every, eval_steps, patience >= 0")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

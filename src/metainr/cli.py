@@ -117,7 +117,7 @@ def _default_resolution(data: str) -> int:
 def cmd_meta_train(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .fields import build_field
-    from .meta import LearnerConfig, build_learner
+    from .meta import LEARNER_PRESETS, LearnerConfig, build_learner
     from .train import TrainConfig, meta_train
 
     resolution = args.resolution or _default_resolution(args.data)
@@ -126,7 +126,11 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     val_set = load_dataset(val_name, "test", resolution) if val_name else None
     try:
         field_cfg = config_from_args(args, FieldConfig, "field", FieldConfig(out_dim=train_set.shape[-1]))
-        learner_cfg = config_from_args(args, LearnerConfig, "learner")
+        kind = given_options(args, LearnerConfig, "learner").get("kind", "maml")
+        preset = LearnerConfig(**LEARNER_PRESETS.get(kind, {}))
+        if kind == "transinr":
+            preset = dataclasses.replace(preset, image_size=resolution)
+        learner_cfg = config_from_args(args, LearnerConfig, "learner", preset)
         train_cfg = config_from_args(args, TrainConfig, "train")
         if val_set is not None and given_options(args, TrainConfig, "train").get("eval_every") is None:
             train_cfg = dataclasses.replace(train_cfg, eval_every=max(train_cfg.steps // 10, 1))
@@ -140,10 +144,33 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_init(args: argparse.Namespace, channels: int):
-    """(field, init params, default test rule, resolution or None) from --init."""
+@dataclasses.dataclass
+class _Start:
+    """Where fitting starts: a checkpoint's learner, or a random init of a field."""
+
+    field: torch.nn.Module
+    rule: object
+    resolution: int | None
+    default_steps: int
+    learner: object | None = None
+
+    def init(self, coords: torch.Tensor, values: torch.Tensor) -> dict:
+        """Initial params for the signals ``values`` (B, N, C)."""
+        if self.learner is None:
+            return {n: p.detach() for n, p in self.field.named_parameters()}
+        with torch.no_grad():
+            return self.learner.signal_init(coords, values)
+
+
+def _checkpoint_channels(path: str) -> int:
+    from .store import load_tensors
+
+    return int(load_tensors(path)[1]["field"]["out_dim"])
+
+
+def _load_start(args: argparse.Namespace, channels: int) -> _Start:
+    """The field, init and default test rule that --init names."""
     from .fields import build_field
-    from .functional import field_params
     from .meta import TestRule
     from .train import load_learner
 
@@ -152,13 +179,12 @@ def _load_init(args: argparse.Namespace, channels: int):
             field = build_field(config_from_args(args, FieldConfig, "field", FieldConfig(out_dim=channels)))
         except ValueError as exc:
             raise MetaINRError(str(exc)) from None
-        return field, {n: p.detach() for n, p in field_params(field).items()}, TestRule("adam", 1e-3), None, 500
+        return _Start(field, TestRule("adam", 1e-3), None, 500)
     if given_options(args, FieldConfig, "field"):
         raise MetaINRError("field options only apply to --init random; a checkpoint carries its own architecture")
     learner, meta = load_learner(args.init)
-    init = {n: p.detach() for n, p in learner.init_params().items()}
     resolution = (meta.get("data") or {}).get("resolution")
-    return learner.field, init, learner.test_rule(), resolution, max(learner.config.inner_steps, 2)
+    return _Start(learner.field, learner.test_rule(), resolution, max(learner.config.inner_steps, 2), learner)
 
 
 def _rule(args: argparse.Namespace, default):
@@ -183,22 +209,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.steps < 0:
         raise MetaINRError(f"--steps must be >= 0, got {args.steps}")
-    probe = load_image(args.image)
-    channels = probe.shape[-1]
-    if args.init != "random":
-        from .store import load_tensors
-
-        channels = int(load_tensors(args.init)[1]["field"]["out_dim"])
-    field, init, default_rule, ckpt_res, default_steps = _load_init(args, channels)
+    channels = load_image(args.image).shape[-1] if args.init == "random" else _checkpoint_channels(args.init)
+    start = _load_start(args, channels)
+    field = start.field
     image = load_image(args.image, channels=field.config.out_dim)
-    resolution = args.resolution or ckpt_res
+    resolution = args.resolution or start.resolution
     if resolution:
         image = resize_center_crop(image, resolution)
-    rule = _rule(args, default_rule)
-    steps = default_steps if args.steps is None else args.steps
+    rule = _rule(args, start.rule)
+    steps = start.default_steps if args.steps is None else args.steps
     h, w, c = image.shape
     coords, values = grid_coords(h, w), image.reshape(1, -1, c)
-    result = fit(field, init, coords, values, steps, optimizer=rule.optimizer, lr=rule.lrs,
+    result = fit(field, start.init(coords, values), coords, values, steps, optimizer=rule.optimizer, lr=rule.lrs,
                  record=list(range(steps + 1)))
     with torch.no_grad():
         recon = values_to_image(batched_predict(field, result.params, coords), h, w).clamp(0, 1)
@@ -239,20 +261,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .metrics import mean_psnr, ssim
     from .signals import values_to_image
 
-    channels = 3
     if args.init != "random":
-        from .store import load_tensors
-
-        channels = int(load_tensors(args.init)[1]["field"]["out_dim"])
-    elif args.data == "faces":
-        channels = 1
-    field, init, default_rule, ckpt_res, _ = _load_init(args, channels)
-    resolution = args.resolution or ckpt_res or _default_resolution(args.data)
+        channels = _checkpoint_channels(args.init)
+    else:
+        channels = 1 if args.data == "faces" else 3
+    start = _load_start(args, channels)
+    field = start.field
+    resolution = args.resolution or start.resolution or _default_resolution(args.data)
     dataset = load_dataset(args.data, args.split, resolution)
     if dataset.shape[-1] != field.config.out_dim:
         raise MetaINRError(f"data has {dataset.shape[-1]} channels but the field outputs {field.config.out_dim}")
-    rule = _rule(args, default_rule)
-    result = fit(field, init, dataset.coords, dataset.values, max(args.steps), optimizer=rule.optimizer,
+    rule = _rule(args, start.rule)
+    coords, values = dataset.coords, dataset.values
+    result = fit(field, start.init(coords, values), coords, values, max(args.steps), optimizer=rule.optimizer,
                  lr=rule.lrs, record=args.steps)
     h, w, c = dataset.shape
     with torch.no_grad():

@@ -30,6 +30,16 @@ def batched_predict(field: nn.Module, params: Params, coords: Tensor) -> Tensor:
     return torch.vmap(lambda p: predict(field, p, coords))(params)
 
 
+def _per_signal(p: Tensor, shape: torch.Size, batch: int) -> Tensor:
+    """A (B, *shape) copy of a shared (``shape``) or per-signal (``(B, *shape)``) init tensor."""
+    p = p.detach()
+    if p.shape == shape:
+        return p.unsqueeze(0).expand(batch, *shape).clone()
+    if p.shape == (batch, *shape):
+        return p.clone()
+    raise ValueError(f"init tensor of shape {tuple(p.shape)} fits neither {tuple(shape)} nor {(batch, *shape)}")
+
+
 def fit(
     field: nn.Module,
     init: Mapping[str, Tensor],
@@ -45,7 +55,8 @@ def fit(
 
     Args:
         field: the field architecture; its own parameters are not touched.
-        init: name -> tensor, the shared starting point (a learned or a random init).
+        init: name -> tensor, the shared starting point (a learned or a random init), or
+            name -> (B, *shape), one starting point per signal (a hypernetwork's output).
         coords: (N, d) coordinates in [-1, 1], shared by the batch.
         values: (B, N, C) or (N, C) target values.
         steps: number of optimisation steps.
@@ -67,9 +78,8 @@ def fit(
         values = values[None]
     batch = values.shape[0]
     record = sorted({min(max(int(s), 0), steps) for s in (record if record is not None else [steps])})
-    params = {
-        n: p.detach().unsqueeze(0).expand(batch, *p.shape).clone().requires_grad_(True) for n, p in init.items()
-    }
+    shapes = {n: p.shape for n, p in field.named_parameters()}
+    params = {n: _per_signal(p, shapes[n], batch).requires_grad_(True) for n, p in init.items()}
     adam = torch.optim.Adam(params.values(), lr=float(lr)) if optimizer == "adam" else None
     curve: list[Tensor] = []
     final_mse = torch.full((batch,), float("nan"))

@@ -137,7 +137,8 @@ def _restore(learner: Learner, optimizer: torch.optim.Optimizer | None, tensors:
 def validate(learner: Learner, dataset: ImageDataset, steps: int) -> float:
     """Mean held-out PSNR after ``steps`` test-time steps from the learner's current init."""
     rule = learner.test_rule()
-    init = {n: p.detach() for n, p in learner.init_params().items()}
+    with torch.no_grad():
+        init = learner.signal_init(dataset.coords, dataset.values)
     result = fit(learner.field, init, dataset.coords, dataset.values, steps, optimizer=rule.optimizer, lr=rule.lrs)
     return mean_psnr(result.psnr[:, -1])
 

@@ -4,8 +4,11 @@ from .base import Learner, LearnerConfig, TestRule
 from ..functional import Params, field_params, predict, sgd_inner_loop, signal_mse
 from .maml import FOMAML, MAML, MetaSGD
 from .reptile import Reptile
+from .transinr import TRANSINR_DEFAULTS, TransINR
 
-LEARNERS = {"maml": MAML, "fomaml": MAML, "metasgd": MAML, "reptile": Reptile}
+LEARNERS = {"maml": MAML, "fomaml": MAML, "metasgd": MAML, "reptile": Reptile, "transinr": TransINR}
+# learner-specific defaults over LearnerConfig's, applied by the CLI before the user's options
+LEARNER_PRESETS: dict[str, dict] = {"transinr": TRANSINR_DEFAULTS}
 
 
 def build_learner(field: Field, config: LearnerConfig) -> Learner:
@@ -15,5 +18,6 @@ def build_learner(field: Field, config: LearnerConfig) -> Learner:
     return LEARNERS[config.kind](field, config)
 
 
-__all__ = ["LEARNERS", "Learner", "LearnerConfig", "TestRule", "MAML", "FOMAML", "MetaSGD", "Reptile",
+__all__ = ["LEARNERS", "LEARNER_PRESETS", "Learner", "LearnerConfig", "TestRule", "MAML", "FOMAML", "MetaSGD",
+           "Reptile", "TransINR",
            "build_learner", "Params", "field_params", "predict", "sgd_inner_loop", "signal_mse"]

@@ -16,7 +16,7 @@ class LearnerConfig:
     """Settings of a meta-learner (the field is configured separately)."""
 
     kind: str = "maml"
-    """learner: maml | fomaml | metasgd | reptile"""
+    """learner: maml | fomaml | metasgd | reptile | transinr"""
     inner_steps: int = 3
     """inner-loop steps K per signal during meta-training"""
     inner_lr: float = 1e-2
@@ -27,6 +27,18 @@ class LearnerConfig:
     """reptile: sgd | adam for the inner loop"""
     batching: str = "loop"
     """how the meta-batch runs: loop (per-signal backward, least memory) | vmap"""
+    image_size: int = 0
+    """transinr: side of the input images (0: set from the data)"""
+    patch_size: int = 0
+    """transinr: patch side (0: the smallest divisor of image_size giving at most 8 patches a side)"""
+    hyper_dim: int = 128
+    """transinr: token width of the transformer"""
+    hyper_depth: int = 4
+    """transinr: transformer layers"""
+    hyper_heads: int = 4
+    """transinr: attention heads"""
+    n_groups: int = 32
+    """transinr: weight tokens per layer (at most the layer's output width)"""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +78,14 @@ class Learner(nn.Module):
     def init_params(self) -> Params:
         """The meta-learned initialisation (live parameters, differentiable)."""
         return field_params(self.field)
+
+    def signal_init(self, coords: Tensor, values: Tensor) -> Params:
+        """Where fitting of each signal starts: the shared learned init (unbatched) by default;
+        a hypernetwork returns one init per signal (name -> (B, *shape)).
+
+        coords: (N, d); values: (B, N, C). The result is detached, ready for :func:`metainr.fit`.
+        """
+        return {n: p.detach() for n, p in self.init_params().items()}
 
     def inner_lrs(self) -> LearningRates:
         """Step size(s) of the inner loop: a float, or a tensor per parameter."""

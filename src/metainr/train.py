@@ -11,13 +11,14 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .config import Config
 from .data import ImageDataset
 from .errors import CheckpointMismatch, MetaINRError, TrainingDiverged
 from .fields import FieldConfig, build_field
@@ -29,7 +30,7 @@ from .store import atomic_write_bytes, atomic_write_json, load_strict, load_tens
 log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """Settings of meta-training (the outer loop)."""
 
     steps: int = 1000
@@ -64,15 +65,6 @@ class TrainConfig:
         if min(self.checkpoint_every, self.log_every) < 1 or min(self.eval_every, self.eval_steps, self.patience) < 0:
             raise ValueError("checkpoint_every and log_every must be >= 1; eval_every, eval_steps, patience >= 0")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown train config keys: {sorted(unknown)}")
-        return cls(**data)
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> Tensor:
     """The meta-batch of step ``step``: a pure function of (seed, step), so resume is exact."""

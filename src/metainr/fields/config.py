@@ -1,11 +1,13 @@
 """The frozen description of a field; a checkpoint rebuilds its field from this alone."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+
+from ..config import Config
 
 
 @dataclass(frozen=True)
-class FieldConfig:
+class FieldConfig(Config):
     """Architecture of one coordinate network ``f(coords) -> values``."""
 
     kind: str = "siren"
@@ -39,13 +41,3 @@ class FieldConfig:
     seed: int = 0
     """seed of the initial weights and fixed encodings"""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FieldConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown field config keys: {sorted(unknown)}")
-        return cls(**data)

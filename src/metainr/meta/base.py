@@ -1,18 +1,19 @@
 """What every meta-learner offers the trainer and test-time fitting."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from ..config import Config
 from ..fields import Field
 from ..functional import LearningRates, Params, field_params
 
 
 @dataclass(frozen=True)
-class LearnerConfig:
+class LearnerConfig(Config):
     """Settings of a meta-learner (the field is configured separately)."""
 
     kind: str = "maml"
@@ -40,15 +41,6 @@ class LearnerConfig:
     n_groups: int = 32
     """transinr: weight tokens per layer (at most the layer's output width)"""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "LearnerConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown learner config keys: {sorted(unknown)}")
-        return cls(**data)
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ def test_plot_writes_png(ckpt, capsys):
     (["meta-train", "--data", "faces", "--run", "RUN", "--batch-size", "0"], "batch_size >= 1"),
     (["meta-train", "--data", "faces", "--run", "RUN", "--learner", "nope"], "invalid choice"),
     (["fit", "FACE", "--init", "random", "--bogus-option"], "unrecognized arguments"),
+    (["fit", "FACE", "--init", "CKPT", "--save-field", "RUN", "--compact"], "needs --save-field PATH and a sparse"),
 ])
 def test_user_mistakes_give_one_line_errors(argv, message, ckpt, face_png, tmp_path, capsys):
     import shutil
@@ -133,3 +134,16 @@ def test_installed_command_exits_nonzero_without_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("metainr: error: image file not found")
+
+
+def test_prune_rounds_from_the_cli_and_compact_export(face_png, capsys, tmp_path):
+    code, _, err = run(capsys, "meta-train", "--data", "faces", "--width", "16", "--depth", "3", "--steps", "4",
+                       "--batch-size", "4", "--prune-rounds", "2", "--prune-steps", "2", "--run", str(tmp_path / "p"))
+    assert code == 0 and "round 2: density 0.641" in err
+    ckpt = tmp_path / "p" / "round_02_density_0.641.safetensors"
+    code, stdout, _ = run(capsys, "fit", str(face_png), "--init", str(ckpt), "--steps", "2", "--json", "--out",
+                          str(tmp_path / "r.png"), "--save-field", str(tmp_path / "c.safetensors"), "--compact")
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["field_bytes"] == (tmp_path / "c.safetensors").stat().st_size
+    assert report["bits_per_value"] == pytest.approx(8 * report["field_bytes"] / 625)

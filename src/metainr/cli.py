@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``metainr`` command (options generated from the configs)."""
     from .fields import FIELDS
     from .meta import LEARNERS, LearnerConfig
+    from .prune import PruneConfig
     from .train import TrainConfig
 
     field_opts = dict(rename={"kind": "field", "seed": "field-seed"}, skip=("in_dim", "out_dim"),
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, LearnerConfig, "learner", rename={"kind": "learner"},
                     choices={"kind": sorted(LEARNERS), "batching": ["loop", "vmap"], "inner_optimizer": ["sgd", "adam"]})
     add_config_args(p, TrainConfig, "train", choices={"schedule": ["constant", "cosine"]})
+    add_config_args(p, PruneConfig, "prune", rename={n: f"prune-{n}" for n in ("rounds", "fraction", "steps", "method",
+                                                                             "seed")},
+                    choices={"method": ["magnitude", "random"]})
+    p.add_argument("--target-params", type=_positive_int, default=None,
+                   help="dense-narrow baseline: solve the hidden width so the field has about this many parameters")
 
     p = sub.add_parser("fit", help="fit one image from a learned or a random init")
     p.add_argument("image", help="PNG/JPEG file")
@@ -85,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=_positive_int, default=None, help="resize + centre-crop to this side first")
     p.add_argument("--out", default=None, help="reconstruction PNG (default: IMAGE.recon.png beside it)")
     p.add_argument("--save-field", default=None, help="also save the fitted field (.safetensors)")
+    p.add_argument("--compact", action="store_true",
+                   help="save a sparse field as alive weights + packed mask (with --save-field)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_config_args(p, FieldConfig, "field", **field_opts)
 
@@ -118,6 +126,7 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .fields import build_field
     from .meta import LEARNER_PRESETS, LearnerConfig, build_learner
+    from .prune import PruneConfig, iterative_pruning, narrow_width
     from .train import TrainConfig, meta_train
 
     resolution = args.resolution or _default_resolution(args.data)
@@ -134,13 +143,27 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         train_cfg = config_from_args(args, TrainConfig, "train")
         if val_set is not None and given_options(args, TrainConfig, "train").get("eval_every") is None:
             train_cfg = dataclasses.replace(train_cfg, eval_every=max(train_cfg.steps // 10, 1))
+        prune_cfg = config_from_args(args, PruneConfig, "prune")
+        if prune_cfg.rounds:
+            field_cfg = dataclasses.replace(field_cfg, sparse=True)
+        if args.target_params:
+            field_cfg = dataclasses.replace(field_cfg, width=narrow_width(field_cfg, args.target_params))
         learner = build_learner(build_field(field_cfg), learner_cfg)
     except ValueError as exc:
         raise MetaINRError(str(exc)) from None
     data = {"source": args.data, "resolution": resolution, "channels": train_set.shape[-1]}
-    meta_train(learner, train_set, train_cfg, run_dir=args.run, resume=args.resume, val=val_set, data=data,
-               max_seconds=args.max_minutes * 60 if args.max_minutes else None)
-    print(f"meta-training done: {Path(args.run) / 'checkpoint.safetensors'}", file=sys.stderr)
+    if prune_cfg.rounds:
+        if args.resume:
+            raise MetaINRError("--resume is not supported with --prune-rounds; each round's checkpoint is kept instead")
+        records = iterative_pruning(learner, train_set, train_cfg, prune_cfg, run_dir=args.run, val=val_set, data=data)
+        for rec in records:
+            print(f"round {rec['round']}: density {rec['density']:.3f}, {rec['params']} parameters", file=sys.stderr)
+        final = Path(args.run) / f"round_{records[-1]['round']:02d}_density_{records[-1]['density']:.3f}.safetensors"
+    else:
+        meta_train(learner, train_set, train_cfg, run_dir=args.run, resume=args.resume, val=val_set, data=data,
+                   max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+        final = Path(args.run) / "checkpoint.safetensors"
+    print(f"meta-training done: {final}", file=sys.stderr)
     return 0
 
 
@@ -201,6 +224,7 @@ def _rule(args: argparse.Namespace, default):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from .compact import export_compact
     from .data.images import load_image, resize_center_crop
     from .fit import batched_predict, fit
     from .metrics import ssim
@@ -212,6 +236,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     channels = load_image(args.image).shape[-1] if args.init == "random" else _checkpoint_channels(args.init)
     start = _load_start(args, channels)
     field = start.field
+    if args.compact and not (args.save_field and field.config.sparse):
+        raise MetaINRError("--compact needs --save-field PATH and a sparse field (a checkpoint from --prune-rounds)")
     image = load_image(args.image, channels=field.config.out_dim)
     resolution = args.resolution or start.resolution
     if resolution:
@@ -226,13 +252,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
         recon = values_to_image(batched_predict(field, result.params, coords), h, w).clamp(0, 1)
     out = Path(args.out) if args.out else Path(args.image).with_suffix(".recon.png")
     _write_png(out, recon[0])
+    saved_bytes = None
     if args.save_field:
-        save_tensors(args.save_field, {n: p[0] for n, p in result.params.items()},
-                     {"field": field.config.to_dict(), "image": str(args.image), "steps": steps})
+        one = {n: p[0] for n, p in result.params.items()}
+        if args.compact:
+            saved_bytes = export_compact(args.save_field, field, one)
+        else:
+            save_tensors(args.save_field, one, {"field": field.config.to_dict(), "image": str(args.image),
+                                                "steps": steps})
+            saved_bytes = Path(args.save_field).stat().st_size
     final_ssim = float(ssim(recon, image[None])[0]) if min(h, w) >= 11 else None
     report = {"image": str(args.image), "init": args.init, "optimizer": rule.optimizer,
               "steps": result.steps, "psnr": [round(float(v), 4) for v in result.psnr[0]],
               "final_psnr": float(result.psnr[0, -1]), "final_ssim": final_ssim, "output": str(out)}
+    if saved_bytes is not None:
+        report.update(field_file=args.save_field, field_bytes=saved_bytes, bits_per_value=8 * saved_bytes / (h * w * c))
     if args.json:
         print(json.dumps(report))
     else:

@@ -38,6 +38,8 @@ class FieldConfig(Config):
     """RWF: mean of the initial log-scales"""
     rwf_sigma: float = 0.1
     """RWF: std of the initial log-scales"""
+    sparse: bool = False
+    """keep a weight mask on every linear layer (for pruning; biases are never masked)"""
     seed: int = 0
     """seed of the initial weights and fixed encodings"""
 

@@ -34,6 +34,8 @@ class Linear(nn.Module):
         generator: random source for the initial weights (reproducible fields).
         scale_generator: random source for the RWF log-scales; kept apart from ``generator`` so a
             factorized field with the same seed computes exactly the plain field's function.
+        masked: keep a 0/1 ``mask`` buffer (all ones at first) that multiplies the weight in every
+            forward pass, so pruned weights stay zero in inner loops and in test-time fitting.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class Linear(nn.Module):
         rwf: RWF | None = None,
         generator: torch.Generator | None = None,
         scale_generator: torch.Generator | None = None,
+        masked: bool = False,
     ) -> None:
         super().__init__()
         self.in_dim, self.out_dim, self.factorized = in_dim, out_dim, rwf is not None
@@ -61,19 +64,21 @@ class Linear(nn.Module):
             self.s = nn.Parameter(s)
             self.v = nn.Parameter(weight / torch.exp(s))
         self.bias = nn.Parameter(bias)
+        self.mask: Tensor | None
+        self.register_buffer("mask", torch.ones(out_dim, in_dim) if masked else None)
 
     def effective_weight(self) -> Tensor:
-        """The ``(out_dim, in_dim)`` weight the layer applies."""
-        if self.factorized:
-            return torch.exp(self.s) * self.v
-        return self.weight
+        """The ``(out_dim, in_dim)`` weight the layer applies (masked where a mask is kept)."""
+        weight = torch.exp(self.s) * self.v if self.factorized else self.weight
+        return weight if self.mask is None else weight * self.mask
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., in_dim) -> (..., out_dim)."""
         return nn.functional.linear(x, self.effective_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, factorized={self.factorized}"
+        return (f"in_dim={self.in_dim}, out_dim={self.out_dim}, factorized={self.factorized}, "
+                f"masked={self.mask is not None}")
 
 
 def uniform_init(bound: float) -> Callable[[Tensor, torch.Generator | None], None]:

@@ -72,10 +72,10 @@ class Siren(Field):
         layers = []
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
             bound = 1.0 / d_in if i == 0 else math.sqrt(6.0 / d_in) / config.w0
-            layers.append(Linear(d_in, d_out, uniform_init(bound), rwf, g, gs))
+            layers.append(Linear(d_in, d_out, uniform_init(bound), rwf, g, gs, config.sparse))
         self.hidden = nn.ModuleList(layers)
         head_bound = math.sqrt(6.0 / width) / config.w0
-        self.head = Linear(width, config.out_dim, uniform_init(head_bound), rwf, g, gs)
+        self.head = Linear(width, config.out_dim, uniform_init(head_bound), rwf, g, gs, config.sparse)
 
     def activation(self, index: int, x: Tensor) -> Tensor:
         w0 = self.config.w0_first if index == 0 else self.config.w0
@@ -89,9 +89,9 @@ class _ReluMLP(Field):
         rwf, gs = _rwf(config), _generators(config)[1]
         dims = [enc_dim] + [config.width] * (config.depth - 1)
         self.hidden = nn.ModuleList(
-            Linear(d_in, d_out, None, rwf, g, gs) for d_in, d_out in zip(dims[:-1], dims[1:])
+            Linear(d_in, d_out, None, rwf, g, gs, config.sparse) for d_in, d_out in zip(dims[:-1], dims[1:])
         )
-        self.head = Linear(config.width, config.out_dim, None, rwf, g, gs)
+        self.head = Linear(config.width, config.out_dim, None, rwf, g, gs, config.sparse)
 
     def activation(self, index: int, x: Tensor) -> Tensor:
         return torch.relu(x)

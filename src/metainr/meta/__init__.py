@@ -1,7 +1,6 @@
 """Meta-learners: each maps (init params, a batch of signals) to an outer gradient."""
 from ..fields import Field
 from .base import Learner, LearnerConfig, TestRule
-from ..functional import Params, field_params, predict, sgd_inner_loop, signal_mse
 from .maml import FOMAML, MAML, MetaSGD
 from .reptile import Reptile
 from .transinr import TRANSINR_DEFAULTS, TransINR
@@ -19,5 +18,4 @@ def build_learner(field: Field, config: LearnerConfig) -> Learner:
 
 
 __all__ = ["LEARNERS", "LEARNER_PRESETS", "Learner", "LearnerConfig", "TestRule", "MAML", "FOMAML", "MetaSGD",
-           "Reptile", "TransINR",
-           "build_learner", "Params", "field_params", "predict", "sgd_inner_loop", "signal_mse"]
+           "Reptile", "TransINR", "build_learner"]

@@ -69,7 +69,7 @@ class MAML(Learner):
         if self.config.batching == "vmap":
             losses = torch.vmap(self._functional_adapted_loss, in_dims=(None, 0))(coords, values)
             grads = torch.autograd.grad(losses.mean(), meta, allow_unused=True)
-            total = dict(zip(names, grads))
+            total = {n: torch.zeros_like(p) if g is None else g for n, p, g in zip(names, meta, grads)}
             loss = float(losses.detach().mean())
         else:
             total, loss = self._zero_grads(), 0.0
@@ -80,7 +80,6 @@ class MAML(Learner):
                     if g is not None:
                         total[n] += g
                 loss += float(signal_loss.detach()) / batch
-        total = {n: torch.zeros_like(p) if total[n] is None else total[n] for n, p in zip(names, meta)}
         return {"loss": loss}, total
 
     def _functional_adapted_loss(self, coords: Tensor, values: Tensor) -> Tensor:

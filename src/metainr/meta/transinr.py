@@ -101,4 +101,4 @@ class TransINR(Learner):
 
 # what a transinr learner uses unless told otherwise: no inner loop in training; test-time
 # refinement of the produced field with Adam at a small step size
-TRANSINR_DEFAULTS = {"kind": "transinr", "inner_steps": 0, "inner_optimizer": "adam", "inner_lr": 1e-4}
+TRANSINR_DEFAULTS = {"kind": "transinr", "inner_steps": 0, "inner_optimizer": "adam", "inner_lr": 1e-3}

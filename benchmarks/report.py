@@ -1,6 +1,7 @@
-"""Render the committed benchmark JSON files as the markdown tables of the README.
+"""Render the committed benchmark JSON files as the markdown tables (and plots) of the README.
 
-    python benchmarks/report.py            # prints markdown for every results/*.json present
+    python benchmarks/report.py [--plots]   # markdown for every results/*.json present;
+                                            # --plots also writes results/image_meta.png
 """
 from __future__ import annotations
 
@@ -60,7 +61,22 @@ def sparse(r: dict) -> list[str]:
     return out
 
 
+def plots() -> None:
+    """PSNR-vs-steps plot of the image_meta run."""
+    from metainr.plot import plot_psnr_curves
+
+    path = RESULTS / "image_meta.json"
+    if path.is_file():
+        r = json.loads(path.read_text())
+        plot_psnr_curves(r["steps"], r["psnr"], RESULTS / "image_meta.png",
+                         title=f"held-out {r['config']['data']} {r['config']['resolution']}px: PSNR vs test steps")
+
+
 def main() -> None:
+    import sys
+
+    if "--plots" in sys.argv[1:]:
+        plots()
     for name, render in (("image_meta", image_meta), ("transinr", transinr), ("sparse", sparse)):
         path = RESULTS / f"{name}.json"
         if path.is_file():

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("meta-train", help="meta-learn an initialisation for a class of images")
     p.add_argument("--data", default="faces", help="faces | patches | a folder of images (default: faces)")
     p.add_argument("--val-data", default=None, help="validation images: faces | patches | folder "
-                   "(default: the test split of an embedded dataset)")
+                   "(default: the last 10%% of the training images, held back from training)")
     p.add_argument("--resolution", type=_positive_int, default=None, help="image side in pixels (default: 25 faces, 32 else)")
     p.add_argument("--run", required=True, help="run directory for checkpoints and logs")
     p.add_argument("--resume", action="store_true", help="continue the run in --run from its checkpoint")
@@ -131,8 +131,13 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
 
     resolution = args.resolution or _default_resolution(args.data)
     train_set = load_dataset(args.data, "train", resolution)
-    val_name = args.val_data or (args.data if args.data in ("faces", "patches") else None)
-    val_set = load_dataset(val_name, "test", resolution) if val_name else None
+    if args.val_data:
+        val_set = load_dataset(args.val_data, "test", resolution)
+    elif len(train_set) >= 10:
+        n_val = len(train_set) // 10
+        val_set, train_set = train_set.subset(slice(-n_val, None)), train_set.subset(slice(0, -n_val))
+    else:
+        val_set = None
     try:
         field_cfg = config_from_args(args, FieldConfig, "field", FieldConfig(out_dim=train_set.shape[-1]))
         kind = given_options(args, LearnerConfig, "learner").get("kind", "maml")

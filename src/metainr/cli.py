@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -190,21 +191,16 @@ class _Start:
             return self.learner.signal_init(coords, values)
 
 
-def _checkpoint_channels(path: str) -> int:
-    from .store import load_tensors
-
-    return int(load_tensors(path)[1]["field"]["out_dim"])
-
-
-def _load_start(args: argparse.Namespace, channels: int) -> _Start:
-    """The field, init and default test rule that --init names."""
+def _load_start(args: argparse.Namespace, random_channels: Callable[[], int]) -> _Start:
+    """The field, init and default test rule that --init names (a checkpoint is read once;
+    ``random_channels`` gives the output channels of a random-init field)."""
     from .fields import build_field
     from .meta import TestRule
     from .train import load_learner
 
     if args.init == "random":
         try:
-            field = build_field(config_from_args(args, FieldConfig, "field", FieldConfig(out_dim=channels)))
+            field = build_field(config_from_args(args, FieldConfig, "field", FieldConfig(out_dim=random_channels())))
         except ValueError as exc:
             raise MetaINRError(str(exc)) from None
         return _Start(field, TestRule("adam", 1e-3), None, 500)
@@ -238,8 +234,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.steps < 0:
         raise MetaINRError(f"--steps must be >= 0, got {args.steps}")
-    channels = load_image(args.image).shape[-1] if args.init == "random" else _checkpoint_channels(args.init)
-    start = _load_start(args, channels)
+    start = _load_start(args, lambda: load_image(args.image).shape[-1])
     field = start.field
     if args.compact and not (args.save_field and field.config.sparse):
         raise MetaINRError("--compact needs --save-field PATH and a sparse field (a checkpoint from --prune-rounds)")
@@ -300,11 +295,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .metrics import mean_psnr, ssim
     from .signals import values_to_image
 
-    if args.init != "random":
-        channels = _checkpoint_channels(args.init)
-    else:
-        channels = 1 if args.data == "faces" else 3
-    start = _load_start(args, channels)
+    start = _load_start(args, lambda: 1 if args.data == "faces" else 3)
     field = start.field
     resolution = args.resolution or start.resolution or _default_resolution(args.data)
     dataset = load_dataset(args.data, args.split, resolution)

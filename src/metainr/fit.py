@@ -41,8 +41,8 @@ def _per_signal(p: Tensor, shape: torch.Size, batch: int) -> Tensor:
 
 
 def _evaluate(field: nn.Module, params: Params, coords: Tensor, values: Tensor, chunks: list[slice],
-              need_grads: bool) -> tuple[Tensor, Tensor, list[Tensor] | None]:
-    """Per-signal MSE (B,), PSNR (B,) and, if asked, the gradient of the summed MSE for every param."""
+              need_grads: bool, need_psnr: bool) -> tuple[Tensor, Tensor | None, list[Tensor] | None]:
+    """Per-signal MSE (B,) and, if asked, PSNR (B,) and the gradient of the summed MSE for every param."""
     mses, psnrs, grad_parts = [], [], []
     for idx in chunks:
         with torch.set_grad_enabled(need_grads):
@@ -52,9 +52,10 @@ def _evaluate(field: nn.Module, params: Params, coords: Tensor, values: Tensor, 
         if need_grads:
             grad_parts.append(torch.autograd.grad(mse.sum(), list(part.values())))
         mses.append(mse.detach())
-        psnrs.append(psnr(pred.detach(), values[idx]))
+        if need_psnr:
+            psnrs.append(psnr(pred.detach(), values[idx]))
     grads = [torch.cat(gs) for gs in zip(*grad_parts)] if need_grads else None
-    return torch.cat(mses), torch.cat(psnrs), grads
+    return torch.cat(mses), torch.cat(psnrs) if need_psnr else None, grads
 
 
 def fit(
@@ -109,7 +110,8 @@ def fit(
     for step in range(steps + 1):
         if step == steps and step not in record:
             break
-        mse, step_psnr, grads = _evaluate(field, params, coords, values, chunks, need_grads=step < steps)
+        mse, step_psnr, grads = _evaluate(field, params, coords, values, chunks, need_grads=step < steps,
+                                          need_psnr=step in record)
         if step in record:
             curve.append(step_psnr)
             final_mse = mse

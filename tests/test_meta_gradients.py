@@ -102,7 +102,7 @@ def test_vmap_and_loop_batching_agree(kind):
         vmap.load_state_dict(loop.state_dict())
     s1, g1 = loop.meta_gradient(coords, values)
     s2, g2 = vmap.meta_gradient(coords, values)
-    assert s1["loss"] == pytest.approx(s2["loss"], rel=1e-10)
+    assert s1["loss"] == pytest.approx(s2["loss"], rel=1e-6)  # float32 sums in a different order
     assert g1.keys() == g2.keys()
     for n in g1:
         torch.testing.assert_close(g1[n], g2[n], rtol=1e-9, atol=1e-12)

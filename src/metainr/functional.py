@@ -21,6 +21,38 @@ def predict(field: nn.Module, params: Params, coords: Tensor) -> Tensor:
     return functional_call(field, params, (coords,))
 
 
+def predict_with_features(field: nn.Module, params: Params, coords: Tensor) -> tuple[Tensor, Tensor]:
+    """coords (N, d) -> (values (N, C), penultimate features (N, F)) from one forward pass."""
+    return functional_call(field, params, (coords,), {"return_features": True})
+
+
+def coordinate_chunks(n: int, chunk: int) -> list[slice]:
+    """Slices of at most ``chunk`` (>= 1) items covering ``range(n)``."""
+    chunk = max(1, int(chunk))
+    return [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+
+
+def chunked_mse_grad(field: nn.Module, params: Params, coords: Tensor, values: Tensor,
+                     chunk: int) -> tuple[Tensor, Params]:
+    """MSE of ONE signal and its (first-order) gradient w.r.t. ``params``, accumulated over
+    coordinate chunks so that at most ``chunk`` coordinates' activations are alive at once.
+
+    params are treated as leaves (no graph to earlier computations is kept). coords: (N, d);
+    values: (N, C). Returns (scalar loss, name -> gradient).
+    """
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    total = values.numel()
+    loss = torch.zeros(())
+    grads = {n: torch.zeros_like(p) for n, p in leaves.items()}
+    for idx in coordinate_chunks(coords.shape[0], chunk):
+        with torch.enable_grad():
+            part = ((predict(field, leaves, coords[idx]) - values[idx]) ** 2).sum() / total
+            for (n, g), d in zip(grads.items(), torch.autograd.grad(part, list(leaves.values()))):
+                g += d
+        loss += part.detach()
+    return loss, grads
+
+
 def signal_mse(field: nn.Module, params: Params, coords: Tensor, values: Tensor) -> Tensor:
     """Mean squared error of ONE signal over its coordinates and channels (a scalar)."""
     return ((predict(field, params, coords) - values) ** 2).mean()

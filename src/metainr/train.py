@@ -127,7 +127,13 @@ def _restore(learner: Learner, optimizer: torch.optim.Optimizer | None, tensors:
             optimizer.state[p] = st
 
 def validate(learner: Learner, dataset: ImageDataset, steps: int) -> float:
-    """Mean held-out PSNR after ``steps`` test-time steps from the learner's current init."""
+    """Mean held-out PSNR after ``steps`` test-time steps from the learner's current init.
+
+    A dataset with its own ``validate(learner, steps)`` (a signal type whose observations are not
+    its values, e.g. CT sinograms) decides for itself.
+    """
+    if hasattr(dataset, "validate"):
+        return float(dataset.validate(learner, steps))
     rule = learner.test_rule()
     with torch.no_grad():
         init = learner.signal_init(dataset.coords, dataset.values)
@@ -175,7 +181,7 @@ def meta_train(
             "field": learner.field.config.to_dict(), "learner": learner.config.to_dict(),
             "train": config.to_dict(), "data": data,
         })
-    coords, values = dataset.coords, dataset.values
+    coords, values = (None, None) if hasattr(dataset, "meta_batch") else (dataset.coords, dataset.values)
     params = list(learner.parameters())
     best_state = None
     show = sys.stderr.isatty() if progress is None else progress
@@ -190,7 +196,10 @@ def meta_train(
         for step in range(start, config.steps):
             idx = batch_indices(len(dataset), config.batch_size, config.seed, step)
             tic = time.perf_counter()
-            stats, grads = learner.meta_gradient(coords, values[idx])
+            if hasattr(dataset, "meta_batch"):  # a signal type that draws its own observations per task
+                stats, grads = learner.meta_gradient(*dataset.meta_batch(idx, step))
+            else:
+                stats, grads = learner.meta_gradient(coords, values[idx])
             for p, (name, _) in zip(params, learner.named_parameters()):
                 p.grad = grads[name]
             norm = float(torch.nn.utils.clip_grad_norm_(params, config.clip if config.clip > 0 else math.inf))

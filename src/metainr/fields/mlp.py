@@ -35,9 +35,12 @@ class Field(nn.Module):
             h = self.activation(i, layer(h))
         return h
 
-    def forward(self, coords: Tensor) -> Tensor:
-        """coords: (..., in_dim) in [-1, 1] -> values (..., out_dim)."""
-        return self.head(self.features(coords)) + self.config.output_offset
+    def forward(self, coords: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """coords: (..., in_dim) in [-1, 1] -> values (..., out_dim); with ``return_features``
+        also the penultimate features (..., width) that produced them (one pass for both)."""
+        h = self.features(coords)
+        out = self.head(h) + self.config.output_offset
+        return (out, h) if return_features else out
 
 
 def _resolve(config: FieldConfig | None, kind: str, overrides: dict) -> FieldConfig:

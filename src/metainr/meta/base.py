@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,20 @@ class LearnerConfig(Config):
     """transinr: attention heads"""
     n_groups: int = 32
     """transinr: weight tokens per layer (at most the layer's output width)"""
+    chunk_coords: int = 16384
+    """coordinates per chunk in full-signal passes outside the inner loop (outer loss, scoring, bootstrap)"""
+    keep_ratio: float = 0.25
+    """gradncp: fraction gamma of the context kept for each inner step"""
+    prune: str = "gradnorm"
+    """gradncp: how the kept context is chosen: gradnorm (the paper) | random (ablation)"""
+    boot_steps: int = 5
+    """gradncp: first-order full-context steps L that make the bootstrap target"""
+    boot_lr: float = 5e-2
+    """gradncp: step size of the bootstrap steps"""
+    boot_weight: float = 100.0
+    """gradncp: weight lambda of ||stopgrad(theta_boot) - theta_K|| in the outer loss"""
+    test_rescale: bool = True
+    """gradncp: rescale test-time gradients to the pruned-gradient norm"""
 
 
 
@@ -49,6 +63,20 @@ class TestRule:
 
     optimizer: Literal["sgd", "adam"]
     lrs: LearningRates
+    rescale: float = 0.0
+    """GradNCP test-time rescaling: keep ratio gamma of the pruned gradient (0: plain steps)"""
+
+
+Context = Union[None, Tensor, Sequence[Tensor]]
+"""Which coordinates an inner loop may see: None (all), one index tensor (M,) shared by the
+meta-batch, or one index tensor per signal. The outer loss always uses every coordinate."""
+
+
+def signal_context(context: Context, b: int) -> Optional[Tensor]:
+    """The context indices of signal ``b`` of a meta-batch (None: all coordinates)."""
+    if context is None or isinstance(context, Tensor):
+        return context
+    return context[b]
 
 
 class Learner(nn.Module):
@@ -90,10 +118,12 @@ class Learner(nn.Module):
             lrs = {n: t.detach().clone() for n, t in lrs.items()}
         return TestRule("sgd", lrs)
 
-    def meta_gradient(self, coords: Tensor, values: Tensor) -> tuple[dict[str, float], dict[str, Tensor]]:
+    def meta_gradient(self, coords: Tensor, values: Tensor,
+                      context: Context = None) -> tuple[dict[str, float], dict[str, Tensor]]:
         """One meta-batch -> (stats, gradient for every name in ``named_parameters()``).
 
-        coords: (N, d) shared by the batch; values: (B, N, C).
+        coords: (N, d) shared by the batch; values: (B, N, C); context: the coordinates the
+        inner loop sees (see :data:`Context`), e.g. a few CT views of a dense sinogram.
         """
         raise NotImplementedError
 

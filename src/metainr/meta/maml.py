@@ -7,8 +7,9 @@ import torch
 from torch import Tensor, nn
 
 from ..fields import Field
-from .base import Learner, LearnerConfig
-from ..functional import LearningRates, functional_inner_loop, sgd_inner_loop, signal_mse
+from .base import Context, Learner, LearnerConfig, signal_context
+from ..functional import (LearningRates, Params, chunked_mse_grad, functional_inner_loop, sgd_inner_loop,
+                          signal_mse)
 
 
 def _key(name: str) -> str:
@@ -55,36 +56,61 @@ class MAML(Learner):
             return self.config.inner_lr
         return {n: self.lrs[_key(n)] for n, _ in self.field.named_parameters()}
 
-    def adapted_loss(self, coords: Tensor, values: Tensor) -> Tensor:
-        """Outer loss of ONE signal: MSE after K inner steps from the init. values: (N, C)."""
-        fast = sgd_inner_loop(
+    def adapt(self, coords: Tensor, values: Tensor) -> Params:
+        """K inner steps of ONE signal from the init, differentiable w.r.t. the meta-parameters.
+
+        coords: (M, d) and values: (M, C) are the context the inner loop may see.
+        """
+        return sgd_inner_loop(
             self.field, self.init_params(), coords, values, self.config.inner_steps,
             self.inner_lrs(), create_graph=not self.config.first_order,
         )
+
+    def outer_gradient(self, fast: Params, coords: Tensor, values: Tensor) -> tuple[Tensor, Params]:
+        """Outer loss of ONE signal at its adapted params and its gradient w.r.t. them (first
+        order, in coordinate chunks). coords: (N, d); values: (N, C): the whole signal."""
+        return chunked_mse_grad(self.field, fast, coords, values, self.config.chunk_coords)
+
+    def adapted_loss(self, coords: Tensor, values: Tensor, context: Tensor | None = None) -> Tensor:
+        """Outer loss of ONE signal after K inner steps on its context (differentiable)."""
+        ctx = slice(None) if context is None else context
+        fast = self.adapt(coords[ctx], values[ctx])
         return signal_mse(self.field, fast, coords, values)
 
-    def meta_gradient(self, coords: Tensor, values: Tensor) -> tuple[dict[str, float], dict[str, Tensor]]:
+    def meta_gradient(self, coords: Tensor, values: Tensor,
+                      context: Context = None) -> tuple[dict[str, float], dict[str, Tensor]]:
         names, meta = zip(*self.named_parameters())
         batch = values.shape[0]
         if self.config.batching == "vmap":
-            losses = torch.vmap(self._functional_adapted_loss, in_dims=(None, 0))(coords, values)
+            if context is not None and not isinstance(context, Tensor):
+                raise ValueError("batching='vmap' needs one context shared by the meta-batch; use batching='loop'")
+            ctx = slice(None) if context is None else context
+            losses = torch.vmap(self._functional_adapted_loss, in_dims=(None, 0, None, 0))(
+                coords[ctx], values[:, ctx], coords, values)
             grads = torch.autograd.grad(losses.mean(), meta, allow_unused=True)
             total = {n: torch.zeros_like(p) if g is None else g for n, p, g in zip(names, meta, grads)}
-            loss = float(losses.detach().mean())
-        else:
-            total, loss = self._zero_grads(), 0.0
-            for b in range(batch):
-                signal_loss = self.adapted_loss(coords, values[b])
-                grads = torch.autograd.grad(signal_loss / batch, meta, allow_unused=True)
-                for n, g in zip(names, grads):
-                    if g is not None:
-                        total[n] += g
-                loss += float(signal_loss.detach()) / batch
+            return {"loss": float(losses.detach().mean())}, total
+        # one signal at a time: its second-order graph is freed before the next one is built, and
+        # the outer loss is a chunked first-order pass followed by ONE vector-Jacobian product
+        # through the inner loop, so only the inner loop's activations are alive at once
+        total, loss = self._zero_grads(), 0.0
+        for b in range(batch):
+            ctx = signal_context(context, b)
+            ctx = slice(None) if ctx is None else ctx
+            fast = self.adapt(coords[ctx], values[b][ctx])
+            signal_loss, outer = self.outer_gradient(fast, coords, values[b])
+            grads = torch.autograd.grad(list(fast.values()), meta, [outer[n] / batch for n in fast],
+                                        allow_unused=True)
+            for n, g in zip(names, grads):
+                if g is not None:
+                    total[n] += g
+            loss += float(signal_loss) / batch
         return {"loss": loss}, total
 
-    def _functional_adapted_loss(self, coords: Tensor, values: Tensor) -> Tensor:
+    def _functional_adapted_loss(self, context_coords: Tensor, context_values: Tensor, coords: Tensor,
+                                 values: Tensor) -> Tensor:
         fast = functional_inner_loop(
-            self.field, self.init_params(), coords, values, self.config.inner_steps,
+            self.field, self.init_params(), context_coords, context_values, self.config.inner_steps,
             self.inner_lrs(), create_graph=not self.config.first_order,
         )
         return signal_mse(self.field, fast, coords, values)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..fields import Field, Linear
 from ..fit import batched_predict
-from .base import Learner, LearnerConfig, TestRule
+from .base import Context, Learner, LearnerConfig, TestRule
 
 
 def auto_patch_size(image_size: int, max_patches_per_side: int = 8) -> int:
@@ -90,7 +90,10 @@ class TransINR(Learner):
     def signal_init(self, coords: Tensor, values: Tensor) -> dict[str, Tensor]:
         return {n: p.detach() for n, p in self.hyper_params(values).items()}
 
-    def meta_gradient(self, coords: Tensor, values: Tensor) -> tuple[dict[str, float], dict[str, Tensor]]:
+    def meta_gradient(self, coords: Tensor, values: Tensor,
+                      context: Context = None) -> tuple[dict[str, float], dict[str, Tensor]]:
+        if context is not None:
+            raise ValueError("transinr encodes whole images; it takes no inner-loop context")
         pred = batched_predict(self.field, self.hyper_params(values), coords)
         loss = ((pred - values) ** 2).flatten(1).mean(dim=1).mean()
         names, meta = zip(*self.named_parameters())

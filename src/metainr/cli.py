@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     add_config_args(p, FieldConfig, "field", **field_opts)
     add_config_args(p, LearnerConfig, "learner", rename={"kind": "learner"},
-                    choices={"kind": sorted(LEARNERS), "batching": ["loop", "vmap"], "inner_optimizer": ["sgd", "adam"]})
+                    choices={"kind": sorted(LEARNERS), "batching": ["loop", "vmap"], "inner_optimizer": ["sgd", "adam"],
+                             "prune": ["gradnorm", "random"]})
     add_config_args(p, TrainConfig, "train", choices={"schedule": ["constant", "cosine"]})
     add_config_args(p, PruneConfig, "prune", rename={n: f"prune-{n}" for n in ("rounds", "fraction", "steps", "method",
                                                                              "seed")},
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
                    help="default: the learner's inner rule for a checkpoint, adam for random")
     p.add_argument("--lr", type=float, default=None, help="step size (default: learned lrs / 1e-3 for adam)")
+    p.add_argument("--rescale", type=float, default=None, metavar="GAMMA",
+                   help="GradNCP test-time gradient rescaling with keep ratio GAMMA, 0 = plain steps "
+                        "(default: the learner's rule)")
     p.add_argument("--resolution", type=_positive_int, default=None, help="resize + centre-crop to this side first")
     p.add_argument("--out", default=None, help="reconstruction PNG (default: IMAGE.recon.png beside it)")
     p.add_argument("--save-field", default=None, help="also save the fitted field (.safetensors)")
@@ -105,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_parse_steps, default=[0, 1, 2, 5, 10], help="comma-separated step counts")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--rescale", type=float, default=None, metavar="GAMMA",
+                   help="GradNCP test-time gradient rescaling with keep ratio GAMMA, 0 = plain steps "
+                        "(default: the learner's rule)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_config_args(p, FieldConfig, "field", **field_opts)
 
@@ -112,9 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (for smoke tests)")
 
-    p = sub.add_parser("plot", help="plot a run's training curve (metrics.jsonl)")
-    p.add_argument("run", help="run directory with metrics.jsonl")
-    p.add_argument("--out", default=None, help="PNG path (default: RUN/training.png)")
+    p = sub.add_parser("plot", help="plot a run's training curve (metrics.jsonl), or what GradNCP selects")
+    p.add_argument("run", help="run directory with metrics.jsonl (and best/checkpoint.safetensors)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN/training.png or RUN/selected.png)")
+    p.add_argument("--selected", default=None, metavar="IMAGE",
+                   help="instead: the coordinates a gradncp run's inner loop keeps at steps 0, K/2 and K on "
+                        "IMAGE (a file, or 'faces'/'patches' for the first held-out image)")
     return parser
 
 
@@ -215,13 +225,16 @@ def _rule(args: argparse.Namespace, default):
     from .meta import TestRule
 
     optimizer = args.optimizer or default.optimizer
+    rescale = default.rescale if args.rescale is None else args.rescale
+    if not 0 <= rescale <= 1:
+        raise MetaINRError(f"--rescale must be a keep ratio in [0, 1], got {rescale}")
     if args.lr is not None:
         if args.lr <= 0:
             raise MetaINRError(f"--lr must be positive, got {args.lr}")
-        return TestRule(optimizer, args.lr)
+        return TestRule(optimizer, args.lr, rescale)
     if optimizer != default.optimizer:
-        return TestRule(optimizer, 1e-3 if optimizer == "adam" else 1e-2)
-    return default
+        return TestRule(optimizer, 1e-3 if optimizer == "adam" else 1e-2, rescale)
+    return TestRule(default.optimizer, default.lrs, rescale)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -247,7 +260,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     h, w, c = image.shape
     coords, values = grid_coords(h, w), image.reshape(1, -1, c)
     result = fit(field, start.init(coords, values), coords, values, steps, optimizer=rule.optimizer, lr=rule.lrs,
-                 record=list(range(steps + 1)))
+                 record=list(range(steps + 1)), rescale=rule.rescale)
     with torch.no_grad():
         recon = values_to_image(batched_predict(field, result.params, coords), h, w).clamp(0, 1)
     out = Path(args.out) if args.out else Path(args.image).with_suffix(".recon.png")
@@ -304,7 +317,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rule = _rule(args, start.rule)
     coords, values = dataset.coords, dataset.values
     result = fit(field, start.init(coords, values), coords, values, max(args.steps), optimizer=rule.optimizer,
-                 lr=rule.lrs, record=args.steps)
+                 lr=rule.lrs, record=args.steps, rescale=rule.rescale)
     h, w, c = dataset.shape
     with torch.no_grad():
         recon = values_to_image(batched_predict(field, result.params, dataset.coords), h, w)
@@ -337,6 +350,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_training
     from .train import read_metrics
 
+    if args.selected:
+        return _plot_selected(args)
     path = Path(args.run) / "metrics.jsonl"
     if not path.is_file():
         raise MetaINRError(f"no metrics.jsonl in {args.run}")
@@ -345,6 +360,43 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise MetaINRError(f"{path} is empty")
     out = args.out or str(Path(args.run) / "training.png")
     plot_training(records, out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _plot_selected(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .data.images import load_image, resize_center_crop
+    from .plot import plot_selected
+    from .signals import grid_coords
+    from .train import load_learner
+
+    ckpt = next((Path(args.run) / n for n in ("best.safetensors", "checkpoint.safetensors")
+                 if (Path(args.run) / n).is_file()), None)
+    if ckpt is None:
+        raise MetaINRError(f"no best.safetensors or checkpoint.safetensors in {args.run}")
+    learner, meta = load_learner(ckpt)
+    if learner.config.kind != "gradncp":
+        raise MetaINRError(f"--selected needs a gradncp run; {ckpt} is a {learner.config.kind} learner")
+    resolution = (meta.get("data") or {}).get("resolution") or 32
+    channels = learner.field.config.out_dim
+    if args.selected in ("faces", "patches"):
+        image = load_dataset(args.selected, "test", resolution).images[0]
+    else:
+        image = resize_center_crop(load_image(args.selected, channels=channels), resolution)
+    if image.shape[-1] != channels:
+        raise MetaINRError(f"{args.selected} has {image.shape[-1]} channels but the field outputs {channels}")
+    h, w, c = image.shape
+    trace: list[torch.Tensor] = []
+    learner.adapt(grid_coords(h, w), image.reshape(-1, c), trace=trace)
+    k = len(trace) - 1
+    masks = {}
+    for step in sorted({0, k // 2, k}):
+        mask = torch.zeros(h * w, dtype=torch.bool)
+        mask[trace[step]] = True
+        masks[f"inner step {step}"] = mask.view(h, w)
+    out = args.out or str(Path(args.run) / "selected.png")
+    plot_selected(image, masks, out)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

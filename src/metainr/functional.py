@@ -42,7 +42,7 @@ def chunked_mse_grad(field: nn.Module, params: Params, coords: Tensor, values: T
     """
     leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
     total = values.numel()
-    loss = torch.zeros(())
+    loss = torch.zeros((), dtype=values.dtype)
     grads = {n: torch.zeros_like(p) for n, p in leaves.items()}
     for idx in coordinate_chunks(coords.shape[0], chunk):
         with torch.enable_grad():

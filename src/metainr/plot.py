@@ -69,3 +69,21 @@ def plot_training(records: Sequence[dict], path: str | Path) -> None:
         ax2.set_ylabel("validation PSNR (dB)")
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def plot_selected(image: Tensor, masks: Mapping[str, Tensor], path: str | Path) -> None:
+    """The image, then one panel per mask (H, W) bool: kept coordinates drawn over a dimmed copy."""
+    img = image.detach().clamp(0, 1).cpu().numpy()
+    grey = img.mean(axis=-1)
+    fig, axes = plt.subplots(1, 1 + len(masks), figsize=(2.2 * (1 + len(masks)), 2.4), squeeze=False)
+    axes[0][0].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+    axes[0][0].set_title("signal", fontsize=9)
+    for ax, (label, mask) in zip(axes[0][1:], masks.items()):
+        overlay = np.stack([0.35 * grey] * 3, axis=-1)
+        overlay[mask.cpu().numpy()] = (1.0, 0.25, 0.1)
+        ax.imshow(overlay, interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+    for ax in axes[0]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _save(fig, path)

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -137,7 +137,8 @@ def validate(learner: Learner, dataset: ImageDataset, steps: int) -> float:
     rule = learner.test_rule()
     with torch.no_grad():
         init = learner.signal_init(dataset.coords, dataset.values)
-    result = fit(learner.field, init, dataset.coords, dataset.values, steps, optimizer=rule.optimizer, lr=rule.lrs)
+    result = fit(learner.field, init, dataset.coords, dataset.values, steps, optimizer=rule.optimizer, lr=rule.lrs,
+                 rescale=rule.rescale)
     return mean_psnr(result.psnr[:, -1])
 
 def meta_train(
@@ -151,6 +152,7 @@ def meta_train(
     data: dict | None = None,
     progress: bool | None = None,
     max_seconds: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Tensor]:
     """Meta-train ``learner`` on ``dataset``; returns the learned init (name -> tensor).
 
@@ -158,7 +160,8 @@ def meta_train(
     ``resume=True`` continues from its checkpoint with the same optimiser state and data order,
     ending with the same params as an uninterrupted run. A non-finite loss stops training with
     :class:`TrainingDiverged` and leaves the last good checkpoint in place. ``max_seconds`` ends
-    training early (with a checkpoint) once that much wall time has passed. With validation
+    training early (with a checkpoint) once that much time has passed on ``clock`` (wall time by
+    default; ``time.process_time`` gives a CPU-time budget). With validation
     (``val`` and ``eval_every``) the best init is kept and returned.
     """
     optimizer = _new_optimizer(learner, config)
@@ -189,7 +192,7 @@ def meta_train(
 
     bar = tqdm(total=config.steps, initial=start, disable=not show, desc=f"meta-train {learner.config.kind}",
                dynamic_ncols=True)
-    t0 = time.perf_counter()
+    t0 = clock()
     evals_without_gain = 0
     step = start
     try:
@@ -232,7 +235,7 @@ def meta_train(
                 _append_jsonl(run / "metrics.jsonl", record)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.2e}", **({"val": f"{record['val_psnr']:.2f}dB"} if "val_psnr" in record else {}))
-            out_of_time = max_seconds is not None and time.perf_counter() - t0 > max_seconds
+            out_of_time = max_seconds is not None and clock() - t0 > max_seconds
             patience_over = config.patience and evals_without_gain >= config.patience
             if ckpt is not None and (done % config.checkpoint_every == 0 or done == config.steps or out_of_time
                                      or patience_over):

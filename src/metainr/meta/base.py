@@ -17,7 +17,7 @@ class LearnerConfig(Config):
     """Settings of a meta-learner (the field is configured separately)."""
 
     kind: str = "maml"
-    """learner: maml | fomaml | metasgd | reptile | transinr"""
+    """learner: maml | fomaml | metasgd | reptile | transinr | gradncp"""
     inner_steps: int = 3
     """inner-loop steps K per signal during meta-training"""
     inner_lr: float = 1e-2

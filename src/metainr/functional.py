@@ -47,7 +47,7 @@ def chunked_mse_grad(field: nn.Module, params: Params, coords: Tensor, values: T
     for idx in coordinate_chunks(coords.shape[0], chunk):
         with torch.enable_grad():
             part = ((predict(field, leaves, coords[idx]) - values[idx]) ** 2).sum() / total
-            for (n, g), d in zip(grads.items(), torch.autograd.grad(part, list(leaves.values()))):
+            for g, d in zip(grads.values(), torch.autograd.grad(part, list(leaves.values()))):
                 g += d
         loss += part.detach()
     return loss, grads

@@ -61,6 +61,46 @@ def sparse(r: dict) -> list[str]:
     return out
 
 
+def gradncp(r: dict) -> list[str]:
+    c = r["config"]
+    out = []
+    if "memory" in r:
+        names = list(next(iter(r["memory"].values())))
+        out += [f"**Memory (MB) and seconds of ONE outer step** — SIREN {c['step_field']['depth']}×"
+                f"{c['step_field']['width']}, meta-batch {c['meta_batch']}, {c['memory_threads']} threads, fresh "
+                "process, ru_maxrss after the step minus before it, `MALLOC_MMAP_THRESHOLD_=65536`; "
+                "— = over the safety cap or time limit.", ""]
+        fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
+        out += _table(["side", *(f"{n} MB" for n in names), *(f"{n} s" for n in names)],
+                      [[res, *(fmt(m[n], ".0f") for n in names),
+                        *(fmt(r["seconds_per_outer_step"][res][n], ".2f") for n in names)]
+                       for res, m in r["memory"].items()])
+    if "max_resolution_under_budget" in r:
+        best = r["max_resolution_under_budget"]
+        out += ["", f"Largest side trainable under a {c['budget_gib']} GiB RSS cap: "
+                + ", ".join(f"{k} **{v}**" for k, v in best.items()) + "."]
+    if "quality" in r:
+        q, qc = r["quality"], c["quality"]
+        steps = q["record_steps"]
+        out += ["", f"**Held-out PSNR (dB) vs test steps** — {qc['resolution']}² crops, SIREN {qc['field']['depth']}×"
+                f"{qc['field']['width']}, {qc['cpu_seconds'] / 60:.1f} CPU-minutes of meta-training each (1 thread), "
+                f"seeds {qc['seeds']}, outer lr picked on validation from {qc['outer_lrs']}.", ""]
+        rows = []
+        for method in ("maml_k4", "gradncp_k16", "gradncp_k16_random"):
+            e = q.get(method)
+            if not e:
+                continue
+            for key, curve in e.items():
+                if key.startswith("equal_"):
+                    budget, rule = key.split("/")
+                    rows.append([method, rule, budget.replace("_", " "), e["outer_lr"], *(f"{v:.2f}" for v in curve)])
+        out += _table(["method", "test steps", "budget", "outer lr", *steps], rows)
+        out += ["", "GradNCP K=16 (rescaled) minus MAML K=4 after 16 steps: "
+                f"{q.get('equal_time/gain_at_16_db')} dB at equal CPU time, "
+                f"{q.get('equal_steps/gain_at_16_db')} dB at equal outer steps ({qc['equal_steps']})."]
+    return out
+
+
 def plots() -> None:
     """PSNR-vs-steps plot of the image_meta run."""
     from metainr.plot import plot_psnr_curves
@@ -77,7 +117,8 @@ def main() -> None:
 
     if "--plots" in sys.argv[1:]:
         plots()
-    for name, render in (("image_meta", image_meta), ("transinr", transinr), ("sparse", sparse)):
+    for name, render in (("image_meta", image_meta), ("transinr", transinr), ("sparse", sparse),
+                         ("gradncp", gradncp)):
         path = RESULTS / f"{name}.json"
         if path.is_file():
             print(f"### {name}\n")

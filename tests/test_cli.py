@@ -110,6 +110,10 @@ def test_plot_writes_png(ckpt, capsys):
     (["meta-train", "--data", "faces", "--run", "RUN", "--learner", "nope"], "invalid choice"),
     (["fit", "FACE", "--init", "random", "--bogus-option"], "unrecognized arguments"),
     (["fit", "FACE", "--init", "CKPT", "--save-field", "RUN", "--compact"], "needs --save-field PATH and a sparse"),
+    (["fit", "FACE", "--init", "random", "--rescale", "1.5"], "--rescale must be a keep ratio"),
+    (["plot", "RESUMEDIR", "--selected", "faces"], "--selected needs a gradncp run"),
+    (["meta-train", "--data", "faces", "--run", "RUN", "--learner", "gradncp", "--keep-ratio", "0"],
+     "keep_ratio must be in (0, 1]"),
 ])
 def test_user_mistakes_give_one_line_errors(argv, message, ckpt, face_png, tmp_path, capsys):
     import shutil
@@ -147,3 +151,22 @@ def test_prune_rounds_from_the_cli_and_compact_export(face_png, capsys, tmp_path
     report = json.loads(stdout)
     assert report["field_bytes"] == (tmp_path / "c.safetensors").stat().st_size
     assert report["bits_per_value"] == pytest.approx(8 * report["field_bytes"] / 625)
+
+
+def test_gradncp_from_the_cli_rescaled_fit_and_selected_plot(face_png, capsys, tmp_path):
+    run_dir = tmp_path / "gradncp"
+    code, _, err = run(capsys, "meta-train", "--data", "faces", "--run", str(run_dir), "--learner", "gradncp",
+                       "--keep-ratio", "0.25", "--boot-steps", "2", "--inner-steps", "4", "--width", "16",
+                       "--depth", "3", "--steps", "3", "--batch-size", "2")
+    assert code == 0, err
+    ckpt = str(run_dir / "checkpoint.safetensors")
+    reports = {}
+    for flag in ([], ["--rescale", "0"]):
+        code, out, err = run(capsys, "fit", str(face_png), "--init", ckpt, "--steps", "3", "--json",
+                             "--out", str(tmp_path / "r.png"), *flag)
+        assert code == 0, err
+        reports[bool(flag)] = json.loads(out)["psnr"]
+    assert reports[False][0] == reports[True][0] and reports[False][1] != reports[True][1]  # rescaling on by default
+    code, _, err = run(capsys, "plot", str(run_dir), "--selected", str(face_png))
+    assert code == 0, err
+    assert (run_dir / "selected.png").stat().st_size > 1000

@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selected", default=None, metavar="IMAGE",
                    help="instead: the coordinates a gradncp run's inner loop keeps at steps 0, K/2 and K on "
                         "IMAGE (a file, or 'faces'/'patches' for the first held-out image)")
+    p.add_argument("--resolution", type=_positive_int, default=None,
+                   help="--selected: image side (default: the run's training resolution)")
     return parser
 
 
@@ -378,7 +380,7 @@ def _plot_selected(args: argparse.Namespace) -> int:
     learner, meta = load_learner(ckpt)
     if learner.config.kind != "gradncp":
         raise MetaINRError(f"--selected needs a gradncp run; {ckpt} is a {learner.config.kind} learner")
-    resolution = (meta.get("data") or {}).get("resolution") or 32
+    resolution = args.resolution or (meta.get("data") or {}).get("resolution") or 32
     channels = learner.field.config.out_dim
     if args.selected in ("faces", "patches"):
         image = load_dataset(args.selected, "test", resolution).images[0]

@@ -17,6 +17,8 @@ import torch
 
 from . import __version__
 from ._argparse_dc import add_config_args, config_from_args, given_options
+from .cli_ct import COMMANDS as CT_COMMANDS
+from .cli_ct import add_parsers as add_ct_parsers
 from .errors import MetaINRError
 from .fields import FieldConfig
 
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "IMAGE (a file, or 'faces'/'patches' for the first held-out image)")
     p.add_argument("--resolution", type=_positive_int, default=None,
                    help="--selected: image side (default: the run's training resolution)")
+    add_ct_parsers(sub, field_opts, _positive_int)
     return parser
 
 
@@ -403,7 +406,8 @@ def _plot_selected(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"meta-train": cmd_meta_train, "fit": cmd_fit, "eval": cmd_eval, "demo": cmd_demo, "plot": cmd_plot}
+COMMANDS = {"meta-train": cmd_meta_train, "fit": cmd_fit, "eval": cmd_eval, "demo": cmd_demo, "plot": cmd_plot,
+            **CT_COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

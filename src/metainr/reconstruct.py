@@ -22,7 +22,7 @@ from torch.func import functional_call
 
 from .functional import LearningRates, Params
 from .metrics import ssim
-from .signals.ct import RayIntegral, circle_mask, render, sinogram_to_values
+from .signals.ct import RayIntegral, circle_mask, parallel_beam_rays, render, sinogram_to_values
 
 FBP_FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 
@@ -93,8 +93,6 @@ def field_recon(obs: RayIntegral, init: Mapping[str, Tensor], sinograms: Tensor,
                 record: Sequence[int] | None = None) -> dict[int, Tensor]:
     """Fit a field from ``init`` to sinograms (B, n, V) at ``angles`` (V,) degrees; returns
     step -> images (B, n, n) for every recorded step (default: the last)."""
-    from .signals.ct import parallel_beam_rays
-
     rays = parallel_beam_rays(angles, obs.size)
     fitted = fit_observations(obs, init, rays, sinogram_to_values(sinograms.float()), steps, optimizer=optimizer,
                               lr=lr, record=record)
@@ -116,9 +114,10 @@ def fbp(sinograms: Tensor, angles: Tensor, filter_name: str = "ramp") -> Tensor:
 
 
 def sart(sinograms: Tensor, angles: Tensor, iterations: int, relaxation: float = 0.15,
-         record: Sequence[int] | None = None) -> dict[int, Tensor]:
-    """SART (scikit-image), constrained to [0, 1]: sinograms (B, n, V) -> iteration -> images (B, n, n)
-    for each iteration count in ``record`` (default: the last). Iteration 0 is the zero image."""
+         clip: Sequence[float] | None = None, record: Sequence[int] | None = None) -> dict[int, Tensor]:
+    """SART (scikit-image): sinograms (B, n, V) -> iteration -> images (B, n, n) for each iteration
+    count in ``record`` (default: the last); iteration 0 is the zero image. ``clip`` = (low, high)
+    constrains every iterate (e.g. (0, 1): non-negative attenuation below the known maximum)."""
     from skimage.transform import iradon_sart
 
     theta = np.asarray(angles, dtype=np.float64)
@@ -127,7 +126,8 @@ def sart(sinograms: Tensor, angles: Tensor, iterations: int, relaxation: float =
     current = [np.zeros((n, n)) for _ in range(sinograms.shape[0])]
     out = {0: torch.zeros(sinograms.shape[0], n, n)} if 0 in record else {}
     for it in range(1, max(record) + 1):
-        current = [iradon_sart(s.double().numpy(), theta=theta, image=img, relaxation=relaxation, clip=(0.0, 1.0))
+        current = [iradon_sart(s.double().numpy(), theta=theta, image=img, relaxation=relaxation,
+                               clip=None if clip is None else tuple(clip))
                    for s, img in zip(sinograms, current)]
         if it in record:
             out[it] = torch.from_numpy(np.stack(current)).float()

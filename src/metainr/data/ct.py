@@ -12,14 +12,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import MetaINRError
-from ..signals.ct import (RayIntegral, circle_mask, parallel_beam_rays, pixel_spacing, project_pixels,
-                          sinogram_to_values, _bilinear_taps)
+from ..signals.image import grid_coords
+from ..signals.ct import RayIntegral, bilinear_taps, circle_mask, parallel_beam_rays, pixel_spacing, project_pixels
 
 SLICE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".dcm"}
 MAX_ELLIPSES = 12  # skull + brain + up to 10 features
+
+
+class _Uniform:
+    """Draws from U(lo, hi) with one generator: ``u(lo, hi)`` -> float, ``u(lo, hi, n)`` -> (n,)."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def __call__(self, lo: float, hi: float, n: int = 0):
+        x = lo + (hi - lo) * torch.rand(max(n, 1), generator=self.generator, dtype=torch.float64)
+        return x if n else float(x)
 
 
 def random_ellipses(count: int, seed: int = 0) -> Tensor:
@@ -33,29 +44,24 @@ def random_ellipses(count: int, seed: int = 0) -> Tensor:
     """
     out = torch.zeros(count, MAX_ELLIPSES, 6, dtype=torch.float64)
     for i in range(count):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-
-        def u(lo: float, hi: float, n: int = 1) -> Tensor:
-            return lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
-
-        cy, cx = u(-0.05, 0.05, 2)
-        a, b = u(0.6, 0.88, 2)
-        angle = float(u(0, math.pi))
-        skull = float(u(0.8, 1.0))
-        shrink_a, shrink_b = u(0.84, 0.93, 2)
-        brain = float(u(0.1, 0.35))
+        u = _Uniform(torch.Generator().manual_seed(seed * 1_000_003 + i))
+        cy, cx = u(-0.05, 0.05, 2).tolist()
+        a, b = u(0.6, 0.88, 2).tolist()
+        angle, skull = u(0, math.pi), u(0.8, 1.0)
+        shrink_a, shrink_b = u(0.84, 0.93, 2).tolist()
+        brain = u(0.1, 0.35)
         out[i, 0] = torch.tensor([cy, cx, a, b, angle, skull])
         out[i, 1] = torch.tensor([cy, cx, a * shrink_a, b * shrink_b, angle, brain - skull])
-        n_features = int(torch.randint(2, MAX_ELLIPSES - 1, (1,), generator=g))
+        n_features = int(torch.randint(2, MAX_ELLIPSES - 1, (1,), generator=u.generator))
         for k in range(n_features):
             # a centre uniform in 75% of the brain ellipse, in the brain's own frame
-            r, phi = 0.75 * math.sqrt(float(u(0, 1))), float(u(0, 2 * math.pi))
+            r, phi = 0.75 * math.sqrt(u(0, 1)), u(0, 2 * math.pi)
             pu, pv = r * math.cos(phi) * a * shrink_a, r * math.sin(phi) * b * shrink_b
             fy = cy + pu * math.sin(angle) + pv * math.cos(angle)
             fx = cx + pu * math.cos(angle) - pv * math.sin(angle)
-            fa, fb = u(0.03, 0.25, 2)
-            sign = 1.0 if float(u(0, 1)) < 0.6 else -1.0
-            out[i, 2 + k] = torch.tensor([fy, fx, fa, fb, float(u(0, math.pi)), sign * float(u(0.05, 0.3))])
+            fa, fb = u(0.03, 0.25, 2).tolist()
+            sign = 1.0 if u(0, 1) < 0.6 else -1.0
+            out[i, 2 + k] = torch.tensor([fy, fx, fa, fb, u(0, math.pi), sign * u(0.05, 0.3)])
     return out
 
 
@@ -177,6 +183,8 @@ class CTDataset:
     """angles of the dense sinogram that scores a task (0: one per detector, ``size``)"""
     val_views: tuple[int, ...] = (2, 8)
     """validation: mean image PSNR over fits from this many views"""
+    score_image: bool = False
+    """also score each task on its image (pixels inside the circle) next to its dense sinogram"""
     seed: int = 0
     """seed of the views drawn for each outer step"""
     name: str = "ct"
@@ -189,7 +197,8 @@ class CTDataset:
         self.dense_views = self.dense_views or self.size
         lo, hi = self.views
         if not 1 <= lo <= hi <= self.dense_views:
-            raise MetaINRError(f"views must satisfy 1 <= min <= max <= dense views ({self.dense_views}), got {self.views}")
+            raise MetaINRError(f"views must satisfy 1 <= min <= max <= dense views ({self.dense_views}), "
+                               f"got {self.views}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -205,8 +214,21 @@ class CTDataset:
         if "rays" not in self._cache:
             rays = parallel_beam_rays(view_angles(self.dense_views), self.size)
             self._cache["rays"] = rays
-            self._cache["taps"] = _bilinear_taps(rays, self.size)
+            self._cache["taps"] = bilinear_taps(rays, self.size)
         return self._cache["rays"]
+
+    @property
+    def coords(self) -> Tensor:
+        """What a task is scored on: the dense rays (N, 2); with ``score_image``, tagged rows (N, 3):
+        the dense rays ``(0, theta, t)`` first, then the pixels inside the circle ``(1, row, col)``."""
+        if "coords" not in self._cache:
+            rays = self.rays
+            if self.score_image:
+                inside = grid_coords(self.size, self.size)[circle_mask(self.size).reshape(-1)]
+                rays = torch.cat([nn.functional.pad(rays, (1, 0), value=0.0),
+                                  nn.functional.pad(inside, (1, 0), value=1.0)])
+            self._cache["coords"] = rays
+        return self._cache["coords"]
 
     def line_integrals(self, index: Tensor | slice, rays: Tensor | None = None) -> Tensor:
         """Observations of images ``index`` along ``rays`` (default: the dense sinogram): (B, R, 1)."""
@@ -220,17 +242,22 @@ class CTDataset:
     def draw_views(self, generator: torch.Generator) -> Tensor:
         """Indices (v,) of one task's views among the dense angles (log-uniform count, random start)."""
         lo, hi = self.views
-        v = int(round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * float(torch.rand(1, generator=generator)))))
+        fraction = float(torch.rand(1, generator=generator))
+        v = int(round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * fraction)))
         start = int(torch.randint(self.dense_views, (1,), generator=generator))
         return torch.unique((start + torch.round(torch.arange(v) * self.dense_views / v).long()) % self.dense_views)
 
     def meta_batch(self, idx: Tensor, step: int) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """The tasks of outer step ``step``: (dense rays (N, 2), dense line integrals (B, N, 1),
-        one context of ray indices per task). A pure function of (seed, step, idx)."""
+        """The tasks of outer step ``step``: (:attr:`coords` (N, d), their values (B, N, 1), one
+        context of dense-ray indices per task). A pure function of (seed, step, idx)."""
         g = torch.Generator().manual_seed(self.seed * 7_368_787 + step)
         detectors = torch.arange(self.size)
         contexts = [(self.draw_views(g)[:, None] * self.size + detectors).reshape(-1) for _ in range(len(idx))]
-        return self.rays, self.line_integrals(idx), contexts
+        values = self.line_integrals(idx)
+        if self.score_image:
+            inside = self.images[idx][:, circle_mask(self.size)]
+            values = torch.cat([values, inside[..., None]], dim=1)
+        return self.coords, values, contexts
 
     def sparse_scan(self, n_views: int, index: Tensor | slice = slice(None)) -> tuple[Tensor, Tensor, Tensor]:
         """Angles (v,) evenly over [0, 180) from 0, their rays (v * size, 2) and the observations
@@ -264,4 +291,5 @@ class CTDataset:
 
     def subset(self, index: Tensor | slice) -> "CTDataset":
         """The same tasks over images ``index``."""
-        return CTDataset(self.images[index], self.views, self.dense_views, self.val_views, self.seed, self.name)
+        return CTDataset(self.images[index], self.views, self.dense_views, self.val_views, self.score_image, self.seed,
+                         self.name)

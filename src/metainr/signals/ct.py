@@ -20,6 +20,7 @@ do not depend on the resolution, so one inner-loop step size serves any detector
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -81,8 +82,9 @@ def values_to_sinogram(values: Tensor, n_detectors: int) -> Tensor:
     return v.transpose(-1, -2) / pixel_spacing(n_detectors)
 
 
-def _bilinear_taps(rays: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Where scikit-image's rotate-and-sum reads the image for each ray.
+def bilinear_taps(rays: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Where scikit-image's rotate-and-sum reads the image for each ray (what
+    :func:`project_pixels` needs; compute it once for rays that are projected many times).
 
     rays: (R, 2). Returns indices (R, 4 * size) into the image padded by one zero pixel before and
     two after each axis (``(size + 3) ** 2`` pixels, see :func:`_padded`) and bilinear weights
@@ -101,8 +103,8 @@ def _bilinear_taps(rays: Tensor, size: int) -> tuple[Tensor, Tensor]:
         r0, c0 = row.floor(), col.floor()
         dr, dc = (row - r0)[..., None], (col - c0)[..., None]
         side = size + 3
-        corner = (r0 * side + c0).to(torch.int32)[..., None]
-        idx = (corner + torch.tensor([0, 1, side, side + 1], dtype=torch.int32)).flatten(1)
+        corner = (r0 * side + c0).long()[..., None]
+        idx = (corner + torch.tensor([0, 1, side, side + 1])).flatten(1)
         w = (torch.cat([1 - dr, dr], -1)[..., :, None] * torch.cat([1 - dc, dc], -1)[..., None, :]).flatten(1)
     return idx, w
 
@@ -113,38 +115,93 @@ def _padded(pixels: Tensor, size: int) -> Tensor:
     return nn.functional.pad(image, (0, 0, 1, 2, 1, 2)).reshape(-1, pixels.shape[-1])
 
 
+def _point_taps(points: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Bilinear taps of points (P, 2) (row, col) in field coordinates into the padded image:
+    indices and weights (P, 4), like :func:`bilinear_taps` (pixel centres read one pixel exactly)."""
+    with torch.no_grad():
+        h = pixel_spacing(size)
+        row = ((points[:, 0] + 1) / h + 1).clamp(0, size + 1)
+        col = ((points[:, 1] + 1) / h + 1).clamp(0, size + 1)
+        r0, c0 = row.floor(), col.floor()
+        dr, dc = (row - r0)[:, None], (col - c0)[:, None]
+        side = size + 3
+        idx = (r0 * side + c0).long()[:, None] + torch.tensor([0, 1, side, side + 1])
+        w = (torch.cat([1 - dr, dr], -1)[:, :, None] * torch.cat([1 - dc, dc], -1)[:, None, :]).flatten(1)
+    return idx, w
+
+
+def _gather_sum(pixels: Tensor, size: int, taps: tuple[Tensor, Tensor]) -> Tensor:
+    """sum_k w[r, k] * padded_pixels[idx[r, k]]: pixels (size * size, C), taps (R, K) -> (R, C).
+
+    A gather (whose backward is a fast scatter-add) and a weighted sum: differentiable to any order
+    in ``pixels``, so second-order meta-learning can go through it.
+    """
+    idx, w = taps
+    channels = pixels.shape[-1]
+    padded = _padded(pixels, size).T  # (C, (size + 3) ** 2)
+    gathered = torch.gather(padded, 1, idx.reshape(1, -1).expand(channels, -1)).reshape(channels, *idx.shape)
+    return (gathered * w.to(pixels.dtype)).sum(dim=-1).T
+
+
 def project_pixels(pixels: Tensor, rays: Tensor, size: int, taps: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Pixel sums of an image along rays, as scikit-image's rotate-and-sum computes them.
 
-    pixels: (size * size, C) row-major; rays: (R, 2) -> (R, C). ``taps`` are
-    ``_bilinear_taps(rays, size)`` when already at hand. Differentiable to any order in ``pixels``
-    (a gather and a weighted sum), so second-order meta-learning can go through it.
+    pixels: (size * size, C) row-major; rays: (R, 2) -> (R, C); ``taps`` are
+    ``bilinear_taps(rays, size)`` when already at hand. Differentiable to any order in ``pixels``.
     """
-    idx, w = _bilinear_taps(rays, size) if taps is None else taps
-    gathered = _padded(pixels, size).index_select(0, idx.flatten()).reshape(*idx.shape, pixels.shape[-1])
-    return (gathered * w.to(pixels.dtype)[..., None]).sum(dim=1)
+    return _gather_sum(pixels, size, bilinear_taps(rays, size) if taps is None else taps)
 
 
-class _TapsCache:
-    """The last few rays' bilinear taps: fitting projects the same rays at every step.
+@dataclass(frozen=True)
+class _Plan:
+    """How a RayIntegral reads the rows of one coords tensor (see :meth:`RayIntegral.forward`)."""
+
+    rays: Tensor | None
+    """(R, 2) the ray rows (theta, t)"""
+    points: Tensor | None
+    """(P, 2) the point rows (row, col); None for a plain ray tensor"""
+    order: Tensor | None
+    """(R + P,) where each input row lies in cat([rays, points]); None for a plain ray tensor"""
+    ray_taps: tuple[Tensor, Tensor] | None = None
+    point_taps: tuple[Tensor, Tensor] | None = None
+
+
+def _plan(coords: Tensor, size: int, taps: bool) -> _Plan:
+    """Split ``coords`` into rays and points (tagged rows) and, for pixel sampling, find their taps."""
+    if coords.dim() != 2 or coords.shape[-1] not in (2, 3):
+        raise ValueError(f"CT coordinates are rays (R, 2) or tagged rows (N, 3), got {tuple(coords.shape)}")
+    if coords.shape[-1] == 2:
+        return _Plan(coords, None, None, bilinear_taps(coords, size) if taps else None)
+    is_point = coords[:, 0] > 0.5
+    ray_rows, point_rows = torch.nonzero(~is_point)[:, 0], torch.nonzero(is_point)[:, 0]
+    rays, points = coords[ray_rows, 1:], coords[point_rows, 1:]
+    order = torch.empty(coords.shape[0], dtype=torch.long)
+    order[torch.cat([ray_rows, point_rows])] = torch.arange(coords.shape[0])
+    if not taps:
+        return _Plan(rays, points, order)
+    return _Plan(rays, points, order, bilinear_taps(rays, size), _point_taps(points, size))
+
+
+class _PlanCache:
+    """The plans of the last few coords tensors: fitting projects the same rays at every step.
 
     An entry holds a reference to its rays, so their memory cannot be reused while it is cached:
     a tensor with the same address, shape, strides and version counter is the same data.
     """
 
-    def __init__(self, size: int, slots: int = 3) -> None:
-        self.size, self.slots = size, slots
-        self.entries: dict[tuple, tuple[Tensor, int, tuple[Tensor, Tensor]]] = {}
+    def __init__(self, size: int, taps: bool, slots: int = 3) -> None:
+        self.size, self.taps, self.slots = size, taps, slots
+        self.entries: dict[tuple, tuple[Tensor, int, _Plan]] = {}
 
-    def __call__(self, rays: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, coords: Tensor) -> _Plan:
         try:
-            key = (rays.data_ptr(), tuple(rays.shape), rays.stride(), rays.dtype)
-            version = rays._version
+            key = (coords.data_ptr(), tuple(coords.shape), coords.stride(), coords.dtype)
+            version = coords._version
         except (RuntimeError, NotImplementedError):  # a functorch wrapper: no storage to key on
-            return _bilinear_taps(rays, self.size)
+            return _plan(coords, self.size, self.taps)
         hit = self.entries.pop(key, None)
         if hit is None or hit[1] != version:
-            hit = (rays, version, _bilinear_taps(rays, self.size))
+            hit = (coords, version, _plan(coords, self.size, self.taps))
         self.entries[key] = hit  # most recent last
         while len(self.entries) > self.slots:
             self.entries.pop(next(iter(self.entries)))
@@ -167,6 +224,10 @@ def radon(image: Tensor, angles: Tensor | list[float]) -> Tensor:
     return sums.T.reshape(*lead, -1, n).transpose(-1, -2)
 
 
+def _non_negative(x: Tensor, slope: float) -> Tensor:
+    return x if slope == 1.0 else nn.functional.leaky_relu(x, slope)
+
+
 class RayIntegral(nn.Module):
     """An image field observed through parallel-beam line integrals: ``rays (R, 2) -> (R, C)``.
 
@@ -179,14 +240,27 @@ class RayIntegral(nn.Module):
     - ``sampling="field"``: resolution-free; sample the field itself at ``n_samples`` midpoints of
       each ray's chord of the reconstruction circle (no grid at all), ``chunk_rays`` rays at a time.
 
+    The image is ``leaky_relu(field, negative_slope)`` (see :meth:`attenuation`). Besides rays,
+    :meth:`forward` takes tagged rows that mix rays and points, so that a training task can be
+    scored on its image next to its sinogram.
+
     The field's submodules and buffers are registered on this module under their own names (not
     under a ``field.`` prefix), so ``named_parameters()`` and ``state_dict()`` are exactly the image
     field's: a learner around a ``RayIntegral`` meta-learns, and checkpoints, an image-field init.
     ``image_field`` is the field itself (it shares every tensor with this module).
+
+    Args:
+        field: an image field ``(P, 2) -> (P, C)`` whose parameters all live in submodules.
+        size: image side = detector count; fixes the geometry (pixel spacing, rotation centre,
+            reconstruction circle) and the grid of ``sampling="pixels"``.
+        sampling: "pixels" or "field" (above).
+        n_samples: points per ray for ``sampling="field"`` (0: ``size``).
+        chunk_rays: rays per field evaluation for ``sampling="field"``.
+        negative_slope: slope of the image for negative field outputs (1: unconstrained).
     """
 
     def __init__(self, field: nn.Module, size: int, sampling: Sampling = "pixels", n_samples: int = 0,
-                 chunk_rays: int = 4096) -> None:
+                 chunk_rays: int = 4096, negative_slope: float = 0.01) -> None:
         super().__init__()
         if sampling not in ("pixels", "field"):
             raise ValueError(f"sampling must be 'pixels' or 'field', got {sampling!r}")
@@ -199,12 +273,13 @@ class RayIntegral(nn.Module):
         for name in self._mirrored:
             self.register_buffer(name, getattr(field, name), persistent=name not in field._non_persistent_buffers_set)
         self.__dict__["image_field"] = field  # not a submodule: its tensors are already registered above
-        self.config = field.config
+        self.config = getattr(field, "config", None)
         self.size, self.sampling, self.chunk_rays = size, sampling, max(1, int(chunk_rays))
+        self.negative_slope = float(negative_slope)
         self.n_samples = int(n_samples) or size
         self.register_buffer("_grid", grid_coords(size, size), persistent=False)
         self.register_buffer("_inside", circle_mask(size).reshape(-1, 1), persistent=False)
-        self._taps = _TapsCache(size)
+        self._plans = _PlanCache(size, taps=sampling == "pixels")
 
     def _apply(self, fn, recurse: bool = True):  # keep the field's own buffers the ones registered here
         super()._apply(fn, recurse)
@@ -212,16 +287,41 @@ class RayIntegral(nn.Module):
             self.image_field._buffers[name] = self._buffers[name]
         return self
 
-    def image(self) -> Tensor:
-        """The field rendered on the pixel grid, zero outside the reconstruction circle: (size * size, C)."""
-        return self.image_field(self._grid) * self._inside
+    def attenuation(self, points: Tensor) -> Tensor:
+        """The image the field describes at points (P, 2): ``leaky_relu(field, negative_slope)``.
 
-    def forward(self, rays: Tensor) -> Tensor:
-        """rays: (R, 2) rows (theta, t) -> line integrals (R, C) in field units."""
+        Attenuation cannot be negative (SART's clip to [0, ...] is the same knowledge): negative
+        outputs are scaled down to about zero, yet keep a gradient, so a field pushed below zero
+        everywhere can recover (a plain ReLU, slope 0, can die). Slope 1 disables the constraint.
+        """
+        return _non_negative(self.image_field(points), self.negative_slope)
+
+    def image(self) -> Tensor:
+        """The image rendered on the pixel grid, zero outside the reconstruction circle: (size * size, C)."""
+        return self.attenuation(self._grid) * self._inside
+
+    def forward(self, coords: Tensor) -> Tensor:
+        """Observations of the field: rays (R, 2) rows ``(theta, t)`` -> line integrals (R, C) in
+        field units; or tagged rows (N, 3) ``(0, theta, t)`` for a ray and ``(1, row, col)`` for the
+        field's value at a point (so a training task can score the image next to its sinogram)."""
+        plan = self._plans(coords)
         if self.sampling == "pixels":
-            return project_pixels(self.image(), rays, self.size, self._taps(rays)) * pixel_spacing(self.size)
-        return torch.cat([self._sample_field(rays[i:i + self.chunk_rays])
-                          for i in range(0, rays.shape[0], self.chunk_rays)])
+            image = self.image()
+            out = _gather_sum(image, self.size, plan.ray_taps) * pixel_spacing(self.size)
+            if plan.points is not None:
+                out = torch.cat([out, _gather_sum(image, self.size, plan.point_taps)])
+        else:
+            rays = plan.rays
+            out = torch.cat([self._sample_field(rays[i:i + self.chunk_rays])
+                             for i in range(0, rays.shape[0], self.chunk_rays)])
+            if plan.points is not None:
+                out = torch.cat([out, self.attenuation(plan.points) * self._in_circle(plan.points)])
+        return out if plan.order is None else out[plan.order]
+
+    def _in_circle(self, points: Tensor) -> Tensor:
+        """(P, 2) -> (P, 1): 1 inside the reconstruction circle, 0 outside."""
+        d2 = ((points - rotation_centre(self.size)) ** 2).sum(dim=-1, keepdim=True)
+        return (d2 <= circle_radius(self.size) ** 2 + 1e-9).to(points.dtype)
 
     def _sample_field(self, rays: Tensor) -> Tensor:
         """Midpoint rule along each ray's chord of the reconstruction circle: (R, 2) -> (R, C)."""
@@ -234,17 +334,19 @@ class RayIntegral(nn.Module):
         frac = (torch.arange(self.n_samples, dtype=rays.dtype) + 0.5) / self.n_samples * 2 - 1  # (S,)
         v = mid + half * frac  # (R, S)
         points = torch.stack([-t * sin + v * cos, t * cos + v * sin], dim=-1)  # (R, S, 2) as (row, col)
-        f = self.image_field(points.reshape(-1, 2)).reshape(*v.shape, -1)
+        f = self.attenuation(points.reshape(-1, 2)).reshape(*v.shape, -1)
         return f.sum(dim=1) * (2 * half / self.n_samples)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, sampling={self.sampling!r}, n_samples={self.n_samples}"
+        return (f"size={self.size}, sampling={self.sampling!r}, n_samples={self.n_samples}, "
+                f"negative_slope={self.negative_slope}")
 
 
 def render(obs: RayIntegral, params: dict[str, Tensor]) -> Tensor:
-    """Images of a batch of params: name -> (B, *shape) -> (B, size, size, C), zero outside the
-    reconstruction circle."""
+    """Images of a batch of params: name -> (B, *shape) -> (B, size, size, C), as ``obs`` sees them
+    (see :meth:`RayIntegral.attenuation`), zero outside the reconstruction circle."""
     from torch.func import functional_call
 
     images = torch.vmap(lambda p: functional_call(obs.image_field, p, (obs._grid,)))(params)
+    images = _non_negative(images, obs.negative_slope)
     return (images * obs._inside).reshape(-1, obs.size, obs.size, images.shape[-1])

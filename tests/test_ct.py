@@ -131,13 +131,14 @@ def _siren(seed: int = 0):
 
 def test_meta_learned_prior_beats_random_init_at_4_views_on_held_out_phantoms():
     # 150 outer steps of Meta-SGD on 32^2 phantoms; the test phantoms come from another seed (never
-    # seen). Measured: 19.7 dB after 20 SGD steps vs 16.8 for the best random-init fit (Adam, 300
-    # steps), +2.9 dB; asserted: +1.5 dB.
+    # seen). Measured with 1 and 2 threads: 18.7-18.8 dB after 20 SGD steps vs 16.8 for the best
+    # random-init fit (Adam, 300 steps), +1.9 dB; asserted: +1.0 dB. (Outer lr 3e-3 was unstable:
+    # 19.7 dB with 1 thread, 15.2 with 2.)
     size = 32
     train = CTDataset(ellipse_phantoms(200, size, seed=1), views=(2, 8), score_image=True)
     learner = build_learner(RayIntegral(_siren(), size), LearnerConfig(kind="metasgd", inner_steps=3, inner_lr=1e-2,
                                                                          chunk_coords=1 << 20))
-    meta_train(learner, train, TrainConfig(steps=150, batch_size=4, outer_lr=3e-3), progress=False)
+    meta_train(learner, train, TrainConfig(steps=150, batch_size=4, outer_lr=1e-3), progress=False)
     test = ellipse_phantoms(6, size, seed=2)
     angles = torch.arange(4) * 45.0
     sinograms = radon(test, angles)
@@ -148,7 +149,7 @@ def test_meta_learned_prior_beats_random_init_at_4_views_on_held_out_phantoms():
     random = field_recon(random_obs, field_params(random_obs), sinograms, angles, 300, optimizer="adam", lr=1e-3,
                          record=[100, 300])
     best_random = max(float(circle_psnr(images, test).mean()) for images in random.values())
-    assert float(circle_psnr(meta, test).mean()) > best_random + 1.5
+    assert float(circle_psnr(meta, test).mean()) > best_random + 1.0, (float(circle_psnr(meta, test).mean()), best_random)
 
 
 def _save_sinogram(tmp_path, n_views=4, size=32):

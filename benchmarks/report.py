@@ -101,6 +101,19 @@ def gradncp(r: dict) -> list[str]:
     return out
 
 
+def ct(r: dict) -> list[str]:
+    views = r["views"]
+    cell = {(x["views"], x["method"]): x for x in r["rows"]}
+    methods = [m for m in ("meta", "random", "fbp", "sart") if any((v, m) in cell for v in views)]
+    m = r["meta_training"]
+    out = [f"**CT, held-out {r['size']}² phantoms** — PSNR (dB) / SSIM inside the reconstruction circle; "
+           f"prior meta-trained {m['outer_steps']} outer steps on {m['train_size']}² phantoms "
+           f"({m['train_cpu_seconds'] / 60:.0f} CPU-minutes); every budget picked on validation phantoms.", ""]
+    out += _table(["views", *methods], [[v, *(f"{cell[v, k]['psnr']:.2f} / {cell[v, k]['ssim']:.3f}"
+                                             if (v, k) in cell else "—" for k in methods)] for v in views])
+    return out
+
+
 def plots() -> None:
     """PSNR-vs-steps plot of the image_meta run."""
     from metainr.plot import plot_psnr_curves
@@ -118,7 +131,7 @@ def main() -> None:
     if "--plots" in sys.argv[1:]:
         plots()
     for name, render in (("image_meta", image_meta), ("transinr", transinr), ("sparse", sparse),
-                         ("gradncp", gradncp)):
+                         ("gradncp", gradncp), ("ct", ct)):
         path = RESULTS / f"{name}.json"
         if path.is_file():
             print(f"### {name}\n")

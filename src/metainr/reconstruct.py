@@ -20,21 +20,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .fit import _per_signal
 from .functional import LearningRates, Params
 from .metrics import ssim
 from .signals.ct import RayIntegral, circle_mask, parallel_beam_rays, render, sinogram_to_values
 
 FBP_FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
-
-
-def _per_signal(p: Tensor, shape: torch.Size, batch: int) -> Tensor:
-    """A (B, *shape) copy of a shared (``shape``) or per-signal (``(B, *shape)``) init tensor."""
-    p = p.detach()
-    if p.shape == shape:
-        return p.unsqueeze(0).expand(batch, *shape).clone()
-    if p.shape == (batch, *shape):
-        return p.clone()
-    raise ValueError(f"init tensor of shape {tuple(p.shape)} fits neither {tuple(shape)} nor {(batch, *shape)}")
 
 
 def fit_observations(

@@ -111,6 +111,16 @@ def ct(r: dict) -> list[str]:
            f"({m['train_cpu_seconds'] / 60:.0f} CPU-minutes); every budget picked on validation phantoms.", ""]
     out += _table(["views", *methods], [[v, *(f"{cell[v, k]['psnr']:.2f} / {cell[v, k]['ssim']:.3f}"
                                              if (v, k) in cell else "—" for k in methods)] for v in views])
+    c = r.get("choices", {})
+    if all(m in c for m in ("meta", "random", "fbp", "sart")):
+        def picked(m: str, v: int) -> str:
+            x = c[m].get(str(v), {})
+            return {"meta": lambda: f"{x['rule']} × {x['steps']}", "random": lambda: f"Adam {x['lr']:g} × {x['steps']}",
+                    "fbp": lambda: x["filter"], "sart": lambda: f"{x['iterations']} it, clip {x['clip']}"}[m]() if x \
+                else "—"
+        out += ["", "Budgets picked on the validation phantoms:", ""]
+        out += _table(["views", "meta (rule × steps)", "random", "fbp filter", "sart"],
+                      [[v, *(picked(m, v) for m in ("meta", "random", "fbp", "sart"))] for v in views])
     return out
 
 

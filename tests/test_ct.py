@@ -252,3 +252,24 @@ def test_second_order_maml_through_the_projector_agrees_for_loop_and_vmap_batchi
     for name, g in grads["loop"].items():
         torch.testing.assert_close(g, grads["vmap"][name], rtol=1e-4, atol=1e-6)
     assert any(float(g.abs().max()) > 0 for g in grads["loop"].values())
+
+
+def test_reptile_inner_loop_sees_only_each_tasks_views():
+    # one SGD step per task: theta - mean_b theta_1^(b) = lr * mean_b grad MSE(context rays of task b),
+    # the gradient taken here by plain autograd on the wrapped field, task by task
+    data = CTDataset(ellipse_phantoms(2, 16), views=(2, 4), score_image=False)
+    coords, values, contexts = data.meta_batch(torch.arange(2), step=3)
+    assert len(contexts[0]) != len(contexts[1]) or not torch.equal(contexts[0], contexts[1])
+    field = build_field(FieldConfig(kind="siren", out_dim=1, width=8, depth=3, w0=10.0, w0_first=10.0,
+                                    output_offset=0.1))
+    learner = build_learner(RayIntegral(field, 16), LearnerConfig(kind="reptile", inner_steps=1, inner_lr=0.05))
+    _, grads = learner.meta_gradient(coords, values, contexts)
+    params = dict(learner.field.named_parameters())
+    expected = {n: torch.zeros_like(p) for n, p in params.items()}
+    for b, ctx in enumerate(contexts):
+        loss = ((torch.func.functional_call(learner.field, params, (coords[ctx],)) - values[b, ctx]) ** 2).mean()
+        for n, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
+            expected[n] += 0.05 * g / len(contexts)
+    assert set(grads) == {f"field.{n}" for n in params}
+    for n in params:
+        torch.testing.assert_close(grads[f"field.{n}"], expected[n], rtol=1e-4, atol=1e-7)

@@ -3,11 +3,12 @@
     python benchmarks/ct.py [--quick] --out benchmarks/results/ct.json
 
 Meta-trains a field with Reptile on 64^2 procedural ellipse phantoms (600 outer steps with
-``--quick``, 3000 otherwise, cosine-decayed outer lr, capped by a CPU-time budget), then reconstructs held-out phantoms (a seed never used in training or
-validation) from 1, 2, 4, 8, 16 and 32 parallel-beam views evenly spread over 180 degrees, 64^2
-with ``--quick``, 128^2 otherwise (the field is resolution-free: the same learned init and step
-sizes, observed at the test size). Every method's settings are picked per view count on
-validation phantoms (another unseen seed), never on the test ones, and recorded under ``choices``:
+``--quick``, 4000 otherwise, cosine-decayed outer lr, capped by a CPU-time budget), then
+reconstructs held-out phantoms (a seed never used in training or validation) from 1, 2, 4, 8, 16
+and 32 parallel-beam views evenly spread over 180 degrees, 64^2 with ``--quick``, 128^2 otherwise
+(the field is resolution-free: the same learned init and step sizes, observed at the test size).
+Every method's settings are picked per view count on validation phantoms (another unseen seed),
+never on the test ones, and recorded under ``choices``:
 
 - meta: from the learned init, the learner's rule (Reptile's inner SGD step) or Adam (its learning
   rate picked on validation at 8 views), and the number of test-time steps;
@@ -70,7 +71,7 @@ def settings(quick: bool) -> dict:
                   sart_relaxations=[0.5], sart_iterations=[1, 2, 5, 10, 20, 50, 100])
     if quick:
         return dict(common, size=64, n_train=1000, n_val=2, n_test=4, train_steps=600, train_cpu_seconds=900)
-    return dict(common, size=128, n_train=2000, n_val=2, n_test=6, train_steps=3000, train_cpu_seconds=30 * 60)
+    return dict(common, size=128, n_train=2000, n_val=2, n_test=6, train_steps=4000, train_cpu_seconds=45 * 60)
 
 
 def train_prior(cfg: dict, run_dir: Path) -> tuple[object, dict]:

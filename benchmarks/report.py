@@ -115,7 +115,7 @@ def ct(r: dict) -> list[str]:
     if all(m in c for m in ("meta", "random", "fbp", "sart")):
         def picked(m: str, v: int) -> str:
             x = c[m].get(str(v), {})
-            return {"meta": lambda: f"{x['rule']} × {x['steps']}", "random": lambda: f"Adam {x['lr']:g} × {x['steps']}",
+            return {"meta": lambda: f"{'own rule' if x['rule'] == 'learned' else x['rule']} × {x['steps']}", "random": lambda: f"Adam {x['lr']:g} × {x['steps']}",
                     "fbp": lambda: x["filter"], "sart": lambda: f"{x['iterations']} it, clip {x['clip']}"}[m]() if x \
                 else "—"
         out += ["", "Budgets picked on the validation phantoms:", ""]

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_json  # noqa: E402
 
 from metainr import FieldConfig, LearnerConfig, TrainConfig, build_field, build_learner, count_parameters  # noqa: E402
-from metainr.data.ct import CTDataset, ellipse_phantoms  # noqa: E402
+from metainr.data.ct import CTDataset, ellipse_phantoms, view_angles  # noqa: E402
 from metainr.functional import field_params  # noqa: E402
 from metainr.plot import plot_image_grid  # noqa: E402
 from metainr.reconstruct import FBP_FILTERS, circle_psnr, circle_ssim, fbp, field_recon, sart  # noqa: E402
@@ -59,8 +59,8 @@ def settings(quick: bool) -> dict:
     4-8 views, measured before the run) -- the random baseline uses the same field. Reptile (12
     plain SGD steps, learnit's CT recipe) gave a better prior than MAML or Meta-SGD with 3 steps in
     600-step trials. Test-time budgets are capped (300 SGD steps with the learned init's rule, 1000
-    Adam steps, 100 SART iterations) so that fitting 2 validation + 6 test phantoms per view count
-    takes about half an hour on 2 cores.
+    Adam steps, 100 SART iterations); fitting 2 validation + 6 test phantoms at every view count
+    still takes about an hour on 2 cores (67 minutes in the committed run).
     """
     field = dict(kind="siren", out_dim=1, width=64, depth=4, w0=10.0, w0_first=10.0, output_offset=0.1)
     learner = dict(kind="reptile", inner_steps=12, inner_lr=3e-2, chunk_coords=1 << 20)
@@ -130,7 +130,7 @@ def evaluate(cfg: dict, learner, val: torch.Tensor, test: torch.Tensor) -> tuple
 
     # each init's Adam learning rate: the best on the validation phantoms alone (any step count) at
     # ``random_lr_views`` views, then used at every view count
-    angles = torch.arange(cfg["random_lr_views"], dtype=torch.float64) * 180.0 / cfg["random_lr_views"]
+    angles = view_angles(cfg["random_lr_views"])
     adam_lr = {}
     for name, o, init in (("meta", obs, meta_init), ("random", random_obs, random_init)):
         lr_scores = {}
@@ -144,7 +144,7 @@ def evaluate(cfg: dict, learner, val: torch.Tensor, test: torch.Tensor) -> tuple
     random_lr = adam_lr["random"]
 
     for v in VIEWS:
-        angles = torch.arange(v, dtype=torch.float64) * 180.0 / v
+        angles = view_angles(v)
         sinograms = radon(both, angles)
         t0 = time.perf_counter()
         # meta: from the learned init, the learner's own rule (its SGD step sizes) or Adam at the

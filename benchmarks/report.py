@@ -114,10 +114,14 @@ def ct(r: dict) -> list[str]:
     c = r.get("choices", {})
     if all(m in c for m in ("meta", "random", "fbp", "sart")):
         def picked(m: str, v: int) -> str:
-            x = c[m].get(str(v), {})
-            return {"meta": lambda: f"{'own rule' if x['rule'] == 'learned' else x['rule']} × {x['steps']}", "random": lambda: f"Adam {x['lr']:g} × {x['steps']}",
-                    "fbp": lambda: x["filter"], "sart": lambda: f"{x['iterations']} it, clip {x['clip']}"}[m]() if x \
-                else "—"
+            x = c[m].get(str(v))
+            if not x:
+                return "—"
+            if m == "meta":
+                return f"{'own rule' if x['rule'] == 'learned' else x['rule']} × {x['steps']}"
+            if m == "random":
+                return f"Adam {x['lr']:g} × {x['steps']}"
+            return x["filter"] if m == "fbp" else f"{x['iterations']} it, clip {x['clip']}"
         out += ["", "Budgets picked on the validation phantoms:", ""]
         out += _table(["views", "meta (rule × steps)", "random", "fbp filter", "sart"],
                       [[v, *(picked(m, v) for m in ("meta", "random", "fbp", "sart"))] for v in views])

@@ -46,6 +46,12 @@ def machine() -> dict:
             platform.machine(), "threads": torch.get_num_threads()}
 
 
+def learner_record(name: str, learner) -> dict:
+    """A learner's settings as the JSON records them (flat, like the old ``LearnerConfig``):
+    the name it was built by, then its config's and its context policy's fields."""
+    return {"kind": name, **learner.config.to_dict(), **learner.context.to_dict()}
+
+
 def write_json(path: str | Path, obj: dict) -> None:
     """Write the benchmark result atomically."""
     from metainr.store import atomic_write_json

@@ -27,14 +27,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, peak_rss_mb, write_json  # noqa: E402
 
-from metainr import FieldConfig, LearnerConfig, TrainConfig, build_field, build_learner, fit, mean_psnr, patches  # noqa: E402
+from metainr import (FieldConfig, GradientRescaling, ImageTask, TrainConfig, build_field,  # noqa: E402
+                     build_learner, fit, mean_psnr, patches)
 from metainr.train import meta_train, read_metrics  # noqa: E402
 
-CONFIGS = {
-    "maml_k4": dict(kind="maml", inner_steps=4),
-    "gradncp_k4": dict(kind="gradncp", inner_steps=4, keep_ratio=0.25, boot_steps=5),
-    "gradncp_k16": dict(kind="gradncp", inner_steps=16, keep_ratio=0.25, boot_steps=5),
+CONFIGS = {  # name -> (learner or preset name, its options); "gradncp" is the paper's settings (ContextConfig)
+    "maml_k4": ("maml", dict(inner_steps=4)),
+    "gradncp_k4": ("gradncp", dict(inner_steps=4, keep_ratio=0.25, boot_steps=5)),
+    "gradncp_k16": ("gradncp", dict(inner_steps=16, keep_ratio=0.25, boot_steps=5)),
 }
+TASK = ImageTask(channels=3)
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 GIB = 1024**3
 
@@ -62,14 +64,14 @@ def step_worker(name: str, resolution: int, cfg: dict) -> None:
     """Build data + learner, then time ONE (or two, if small) outer steps; print JSON."""
     torch.set_num_threads(cfg["memory_threads"])
     data = patches("train", resolution, count=cfg["meta_batch"], photo_side=max(256, resolution))
-    learner = build_learner(build_field(FieldConfig(**cfg["step_field"])),
-                            LearnerConfig(inner_lr=cfg["inner_lr"], **CONFIGS[name]))
-    coords, values = data.coords, data.values
+    kind, options = CONFIGS[name]
+    learner = build_learner(build_field(FieldConfig(**cfg["step_field"])), kind, inner_lr=cfg["inner_lr"], **options)
+    batch = TASK.batch(data.images)
     before = peak_rss_mb()
     times = []
     for _ in range(2 if resolution <= 128 else 1):
         t = time.perf_counter()
-        learner.meta_gradient(coords, values)
+        learner.meta_gradient(TASK, batch)
         times.append(time.perf_counter() - t)
         if len(times) == 1:
             peak_one = peak_rss_mb()
@@ -148,8 +150,9 @@ def quality_sets(q: dict):
 
 def evaluate(learner, data, q: dict, lr: float, rescale: float) -> list[float]:
     init = {n: p.detach() for n, p in learner.init_params().items()}
-    res = fit(learner.field, init, data.coords, data.values, max(q["record"]), optimizer="sgd", lr=lr,
-              record=q["record"], rescale=rescale)
+    transform = GradientRescaling(TASK, learner.field, rescale) if rescale else None
+    res = fit(TASK, learner.field, init, TASK.batch(data.images), max(q["record"]), optimizer="sgd", lr=lr,
+              record=q["record"], transform=transform)
     return [round(mean_psnr(res.psnr[:, i]), 3) for i in range(len(q["record"]))]
 
 
@@ -167,24 +170,24 @@ def quality_worker(method: str, lr: float, seed: int, run_dir: str, quick: bool,
     if method == "gradncp_k16_random" and lr != q["outer_lrs"][-1]:
         sys.exit(f"skipped: the random-pruning ablation runs at outer lr {q['outer_lrs'][-1]} only")
     train, val, test = quality_sets(q)
-    spec = dict(CONFIGS["gradncp_k16" if method.startswith("gradncp") else "maml_k4"])
+    kind, options = CONFIGS["gradncp_k16" if method.startswith("gradncp") else "maml_k4"]
     if method == "gradncp_k16_random":
-        spec["prune"] = "random"
-    learner = build_learner(build_field(FieldConfig(seed=seed, **q["field"])), LearnerConfig(inner_lr=1e-2, **spec))
+        options = dict(options, policy="random")
+    learner = build_learner(build_field(FieldConfig(seed=seed, **q["field"])), kind, inner_lr=1e-2, **options)
     common = dict(batch_size=q["batch_size"], outer_lr=lr, seed=seed, eval_every=q["eval_every"], eval_steps=16,
                   checkpoint_every=q["eval_every"], log_every=1)
     out = {"method": method, "outer_lr": lr, "seed": seed}
     # phase 1: the same number of outer steps for every method (CPU time counts training only)
     start = time.process_time()
-    meta_train(learner, train, TrainConfig(steps=q["equal_steps"], **common), run_dir=run_dir, val=val,
-               progress=False)
+    meta_train(learner, TASK, train.images, TrainConfig(steps=q["equal_steps"], **common), run_dir=run_dir,
+               val=val.images, progress=False)
     spent = time.process_time() - start
     out["equal_steps"] = {"steps": q["equal_steps"], "cpu_seconds": round(spent, 1),
                           "test": {k: evaluate(learner, test, q, *r) for k, r in test_rules(method, q).items()}}
     # phase 2: continue (exact resume) until the CPU budget is spent; the best validated init is kept
     start = time.process_time()
-    meta_train(learner, train, TrainConfig(steps=100_000, **common), run_dir=run_dir, val=val, progress=False,
-               resume=True, max_seconds=max(q["cpu_seconds"] - spent, 0.0), clock=time.process_time)
+    meta_train(learner, TASK, train.images, TrainConfig(steps=100_000, **common), run_dir=run_dir, val=val.images,
+               progress=False, resume=True, max_seconds=max(q["cpu_seconds"] - spent, 0.0), clock=time.process_time)
     spent += time.process_time() - start
     if keep_dir:
         import shutil

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, matmul_gflops, peak_rss_mb, run_worker, write_json  # noqa: E402
+from _common import learner_record, machine, matmul_gflops, peak_rss_mb, run_worker, write_json  # noqa: E402
 
-from metainr import (FieldConfig, LearnerConfig, TrainConfig, build_field, build_learner,  # noqa: E402
+from metainr import (FieldConfig, ImageTask, TrainConfig, build_field, build_learner,  # noqa: E402
                      count_parameters, faces, fit, mean_psnr, patches)
 from metainr.functional import field_params  # noqa: E402
 from metainr.train import meta_train, read_metrics  # noqa: E402
@@ -81,24 +81,28 @@ def outer_step_flops(kind: str, k: int, batch: int, fwd: int) -> int:
     return batch * per_signal
 
 
+def image_task(cfg: dict) -> ImageTask:
+    """The images of a run: as many channels as the field has outputs."""
+    return ImageTask(channels=cfg["field"]["out_dim"])
+
+
 def train_method(kind: str, cfg: dict, train, val, run_root: Path) -> tuple:
     field_cfg = FieldConfig(**cfg["field"])
     k = cfg["reptile_inner_steps"] if kind == "reptile" else cfg["inner_steps"]
-    learner_cfg = LearnerConfig(kind=kind, inner_steps=k, inner_lr=cfg["inner_lr"])
     train_cfg = TrainConfig(steps=cfg["max_outer_steps"], batch_size=cfg["batch_size"], outer_lr=cfg["outer_lr"],
                             eval_every=cfg["eval_every"], eval_steps=2, patience=cfg["patience"],
                             checkpoint_every=cfg["eval_every"], log_every=1)
-    learner = build_learner(build_field(field_cfg), learner_cfg)
+    learner = build_learner(build_field(field_cfg), kind, inner_steps=k, inner_lr=cfg["inner_lr"])
     run_dir = run_root / kind
     t0 = time.perf_counter()
-    init = meta_train(learner, train, train_cfg, run_dir=run_dir, val=val, progress=False,
-                      max_seconds=cfg["max_seconds_per_method"])
+    init = meta_train(learner, image_task(cfg), train.images, train_cfg, run_dir=run_dir, val=val.images,
+                      progress=False, max_seconds=cfg["max_seconds_per_method"])
     wall = time.perf_counter() - t0
     records = read_metrics(run_dir / "metrics.jsonl")
     seconds = statistics.median(r["seconds"] for r in records[1:]) if len(records) > 1 else records[0]["seconds"]
     info = {"outer_steps": records[-1]["step"], "train_seconds": round(wall, 1),
             "val_curve": [[r["step"], round(r["val_psnr"], 3)] for r in records if "val_psnr" in r],
-            "learner": learner_cfg.to_dict(), "train": train_cfg.to_dict()}
+            "learner": learner_record(kind, learner), "train": train_cfg.to_dict()}
     return learner, init, seconds, info
 
 
@@ -110,14 +114,16 @@ def rwf_experiment(cfg: dict) -> dict:
     """Random weight factorization vs the plain layer: fit 128^2 images from random init with Adam."""
     r = cfg["rwf"]
     images = patches("test", r["resolution"], count=r["images"], seed=5)
+    task = ImageTask(channels=3)
+    batch = task.batch(images.images)
     out = {"steps": r["steps"], "resolution": r["resolution"], "images": r["images"], "lrs": r["lrs"],
            "width": r["width"], "depth": r["depth"]}
     for name, use_rwf in (("plain", False), ("rwf", True)):
         field = build_field(FieldConfig(out_dim=3, width=r["width"], depth=r["depth"], rwf=use_rwf, seed=3))
         per_lr = {}
         for lr in r["lrs"]:
-            res = fit(field, field_params(field), images.coords, images.values, max(r["steps"]), optimizer="adam",
-                      lr=lr, record=r["steps"])
+            res = fit(task, field, field_params(field), batch, max(r["steps"]), optimizer="adam", lr=lr,
+                      record=r["steps"])
             per_lr[lr] = curve(res, len(r["steps"]))
         best_lr = max(per_lr, key=lambda lr: per_lr[lr][-1])
         out[name] = per_lr[best_lr]
@@ -130,15 +136,15 @@ def rwf_experiment(cfg: dict) -> dict:
 def reference_step_worker(batching: str) -> None:
     """Fresh-process measurement: ONE second-order MAML outer step, K=4, SIREN 5x256, 64^2 RGB, B=4."""
     torch.set_num_threads(2)
-    data = patches("train", 64, count=4)
-    learner = build_learner(build_field(FieldConfig(out_dim=3, width=256, depth=5, w0=30.0)),
-                            LearnerConfig(kind="maml", inner_steps=4, inner_lr=1e-2, batching=batching))
-    coords, values = data.coords, data.values
+    task = ImageTask(channels=3)
+    batch = task.batch(patches("train", 64, count=4).images)
+    learner = build_learner(build_field(FieldConfig(out_dim=3, width=256, depth=5, w0=30.0)), "maml", inner_steps=4,
+                            inner_lr=1e-2, batching=batching)
     before = peak_rss_mb()
     times = []
     for _ in range(3):
         t = time.perf_counter()
-        learner.meta_gradient(coords, values)
+        learner.meta_gradient(task, batch)
         times.append(time.perf_counter() - t)
     print(json.dumps({"first_step_seconds": times[0], "seconds": statistics.median(times[1:]),
                       "peak_rss_mb": peak_rss_mb(), "rss_before_step_mb": before}))
@@ -185,15 +191,16 @@ def main() -> None:
     n_params = count_parameters(build_field(field_cfg))
     values_per_signal = test.values[0].numel()
     steps = cfg["steps"]
-    coords, values = test.coords, test.values
+    task = image_task(cfg)
+    batch = task.batch(test.images)
     psnr, seconds, mfu, details = {}, {}, {}, {}
     run_root = Path(tempfile.mkdtemp(prefix="image_meta_"))
-    fwd = forward_matmul_flops(field_cfg, coords.shape[0])
+    fwd = forward_matmul_flops(field_cfg, batch.query.shape[0])
     for kind in args.methods.split(","):
         print(f"meta-training {kind} ...", flush=True)
         learner, init, sec, info = train_method(kind, cfg, train, val, run_root)
         rule = learner.test_rule()
-        res = fit(learner.field, init, coords, values, max(steps), optimizer=rule.optimizer, lr=rule.lrs, record=steps)
+        res = fit(task, learner.field, init, batch, max(steps), record=steps, **rule.fit_options(task, learner.field))
         psnr[kind] = curve(res, len(steps))
         seconds[kind] = sec
         k = learner.config.inner_steps
@@ -207,7 +214,7 @@ def main() -> None:
     dense = list(range(max(steps) + 1))
     random_dense = {}
     for lr in RANDOM_LRS:
-        res = fit(random_field, field_params(random_field), coords, values, max(steps), optimizer="adam", lr=lr,
+        res = fit(task, random_field, field_params(random_field), batch, max(steps), optimizer="adam", lr=lr,
                   record=dense)
         random_dense[lr] = curve(res, len(dense))
     best_dense = [max(c[i] for c in random_dense.values()) for i in range(len(dense))]

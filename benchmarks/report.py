@@ -2,6 +2,7 @@
 
     python benchmarks/report.py [--plots]   # markdown for every results/*.json present;
                                             # --plots also writes results/image_meta.png
+    python benchmarks/report.py PATH.json   # one file (its kind from its name, e.g. core.json)
 """
 from __future__ import annotations
 
@@ -128,6 +129,67 @@ def ct(r: dict) -> list[str]:
     return out
 
 
+def core(r: dict) -> list[str]:
+    """The before / after comparison of benchmarks/core.py."""
+    def num(v, spec: str = ".2f") -> str:
+        if isinstance(v, dict) and "error" in v:
+            return f"error: {v['error']}"
+        return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
+
+    b, a, q, c = r["before"], r["after"], r["ratios"], r["config"]
+    rb, ra = b.get("reference_step", {}), a.get("reference_step", {})
+    rs = c["reference_step"]
+    out = [f"**Core before / after** — same machine, one run, {c['threads']} threads, every number from a fresh "
+           f"process; before: `{b['tree'].get('commit') or b['tree']['path']}`, after: "
+           f"`{a['tree'].get('commit') or a['tree']['path']}`"
+           + (" (with uncommitted changes)" if a["tree"].get("uncommitted_changes") else "") + ".", ""]
+    out += _table(["measure", "before", "after", "after / before"], [
+        [f"reference step: s (median of {rs['repeats']} after {rs['warmup']} warm-up)",
+         num(rb.get("seconds") if "error" not in rb else rb), num(ra.get("seconds") if "error" not in ra else ra),
+         num(q["reference_step_seconds"], ".3f")],
+        ["reference step: peak RSS (MB)", num(rb.get("peak_rss_mb"), ".0f"), num(ra.get("peak_rss_mb"), ".0f"),
+         num(q["reference_step_peak_rss_mb"], ".3f")],
+        [f"fit: {c['fit']['signals']} × {c['fit']['resolution']}², {c['fit']['steps']} Adam steps (s)",
+         num(b.get("fit_seconds")), num(a.get("fit_seconds")), num(q["fit_seconds"], ".3f")],
+        ["reference step: process CPU s", num(rb.get("cpu_seconds")), num(ra.get("cpu_seconds")),
+         num(q.get("reference_step_cpu_seconds"), ".3f")],
+        ["fit: process CPU s", num(b.get("fit", {}).get("cpu_seconds")), num(a.get("fit", {}).get("cpu_seconds")),
+         num(q.get("fit_cpu_seconds"), ".3f")]])
+    load = r.get("load_average", {})
+    if load:
+        out += ["", f"Load average (1, 5, 15 min) at the start {load.get('start')}, at the end {load.get('end')}: "
+                "on a busy machine trust the CPU-second rows over the wall-second ones."]
+    out += ["", f"Reference step: second-order MAML, K={rs['inner_steps']}, SIREN 5×256, "
+            f"{rs['resolution']}² RGB, meta-batch {rs['meta_batch']} (the old main measured "
+            f"{c['old_main_reference_step']['seconds']} s / {c['old_main_reference_step']['peak_rss_mb']} MB)."]
+    tables = (("image_meta", "image_meta --quick: held-out PSNR (dB) vs test steps", "method", "step"),
+              ("ct", "ct --quick: test PSNR (dB) by view count", "views", "method"))
+    for key, title, row, col in tables:
+        d = r["psnr_diff"].get(key, {})
+        if "error" in d:
+            out += ["", f"**{title}**: {d['error']}"]
+            continue
+        out += ["", f"**{title}** — before / after (after − before); max |diff| {d['max_abs_diff']} dB, "
+                f"mean {d['mean_diff']} dB.", ""]
+        rows = list(dict.fromkeys(x[row] for x in d["cells"]))
+        cols = list(dict.fromkeys(x[col] for x in d["cells"]))
+        cell = {(x[row], x[col]): x for x in d["cells"]}
+        out += _table([row, *cols], [[k, *(f"{cell[k, c]['before']:.2f} / {cell[k, c]['after']:.2f} "
+                                          f"({cell[k, c]['diff']:+.2f})" if (k, c) in cell else "—" for c in cols)]
+                                     for k in rows])
+    g, suite = r.get("gpu", {}), r.get("suite_cuda")
+    if g.get("available"):
+        out += ["", f"GPU: {g['device_name']}; test suite on CUDA: "
+                + (suite.get("summary") or suite.get("error", "—") if suite else "not run") + "."]
+    else:
+        out += ["", f"No GPU ({r.get('suite_cuda_reason', 'suite not run on CUDA')})."]
+    return out
+
+
+RENDERERS = {"image_meta": image_meta, "transinr": transinr, "sparse": sparse, "gradncp": gradncp, "ct": ct,
+             "core": core}
+
+
 def plots() -> None:
     """PSNR-vs-steps plot of the image_meta run."""
     from metainr.plot import plot_psnr_curves
@@ -142,10 +204,20 @@ def plots() -> None:
 def main() -> None:
     import sys
 
-    if "--plots" in sys.argv[1:]:
+    args = sys.argv[1:]
+    if "--plots" in args:
         plots()
-    for name, render in (("image_meta", image_meta), ("transinr", transinr), ("sparse", sparse),
-                         ("gradncp", gradncp), ("ct", ct)):
+    files = [Path(a) for a in args if a != "--plots"]
+    if files:
+        for path in files:
+            kind = next((k for k in RENDERERS if path.stem.startswith(k)), None)
+            if kind is None:
+                sys.exit(f"report.py: cannot tell which benchmark {path} is (name it like {sorted(RENDERERS)})")
+            print(f"### {kind}\n")
+            print("\n".join(RENDERERS[kind](json.loads(path.read_text()))))
+            print()
+        return
+    for name, render in RENDERERS.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():
             print(f"### {name}\n")

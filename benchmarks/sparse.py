@@ -3,7 +3,8 @@
     python benchmarks/sparse.py [--quick] --out benchmarks/results/sparse.json
 
 Dense MAML meta-training, then R rounds of pruning 20% of the remaining weights + more
-meta-training (magnitude = meta_sparse, random = random_prune, sharing the dense phase).
+meta-training (magnitude = meta_sparse, random = random_prune; both start from the same dense
+phase: one trainer run each, the same seeds and data).
 dense_narrow meta-learns a narrower dense field with the same parameter count and the same
 number of outer steps; scratch fits that narrow field from a random init. Every init is tested
 with the paper's two protocols (2 SGD steps lr 1e-2; 100 Adam steps lr 1e-4) on held-out faces.
@@ -23,12 +24,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_json  # noqa: E402
 
-from metainr import (FieldConfig, LearnerConfig, TrainConfig, build_field, build_learner, count_parameters, faces,  # noqa: E402
-                     fit, mean_psnr, meta_train)
+from metainr import (FieldConfig, ImageTask, PruneConfig, TrainConfig, build_field, build_learner,  # noqa: E402
+                     count_parameters, density, faces, fit, iterative_pruning, mean_psnr, meta_train, narrow_width)
 from metainr.compact import export_compact  # noqa: E402
+from metainr.fields import nonzero_parameters  # noqa: E402
 from metainr.functional import field_params  # noqa: E402
-from metainr.prune import PruneConfig, density, iterative_pruning, narrow_width, nonzero_parameters  # noqa: E402
 from metainr.store import save_tensors  # noqa: E402
+
+TASK = ImageTask(channels=1)  # grey faces
 
 
 def settings(quick: bool) -> dict:
@@ -44,8 +47,9 @@ def settings(quick: bool) -> dict:
 def evaluate(field, init, test, protocols) -> tuple[dict, dict]:
     """PSNR of both protocols, and the params fitted by the Adam protocol (for export)."""
     out, fitted = {}, None
+    batch = TASK.batch(test.images)
     for key, p in protocols.items():
-        res = fit(field, init, test.coords, test.values, p["steps"], optimizer=p["optimizer"], lr=p["lr"])
+        res = fit(TASK, field, init, batch, p["steps"], optimizer=p["optimizer"], lr=p["lr"])
         out[key] = mean_psnr(res.psnr[:, -1])
         if p["optimizer"] == "adam":
             fitted = {n: t[0] for n, t in res.params.items()}
@@ -77,7 +81,7 @@ def main() -> None:
     values_per_signal = test.values[0].numel()
     tmp = Path(tempfile.mkdtemp(prefix="sparse_"))
     field_cfg = FieldConfig(**cfg["field"])
-    learner_cfg = LearnerConfig(kind="maml", inner_steps=cfg["inner_steps"], inner_lr=cfg["inner_lr"])
+    learner_options = dict(inner_steps=cfg["inner_steps"], inner_lr=cfg["inner_lr"])
     train_cfg = TrainConfig(steps=cfg["dense_steps"], batch_size=cfg["batch_size"], outer_lr=cfg["outer_lr"],
                             eval_every=max(cfg["round_steps"] // 2, 1), eval_steps=2, log_every=50)
     rows = []
@@ -93,8 +97,8 @@ def main() -> None:
               f"100adam {scores['psnr_100adam']:.2f}, {nbytes} B", flush=True)
 
     print("dense meta-training ...", flush=True)
-    dense = build_learner(build_field(field_cfg), learner_cfg)
-    meta_train(dense, train, train_cfg, run_dir=tmp / "dense", val=val, progress=False)
+    dense = build_learner(build_field(field_cfg), "maml", **learner_options)
+    meta_train(dense, TASK, train.images, train_cfg, run_dir=tmp / "dense", val=val.images, progress=False)
     targets = {}
     for method, prune_method in (("meta_sparse", "magnitude"), ("random_prune", "random")):
         print(f"{method} ...", flush=True)
@@ -108,9 +112,9 @@ def main() -> None:
             add_row(method, lrn.field, init, (1 - cfg["fraction"]) ** r,
                     cfg["dense_steps"] + r * cfg["round_steps"])
 
-        # round 0 is the shared dense phase: train it for 0 extra steps here
-        iterative_pruning(learner, train, dataclasses.replace(train_cfg, steps=0), prune_cfg, val=val,
-                          on_round=on_round, progress=False)
+        # round 0 is the shared dense phase: the schedule runs with 0 dense steps from it
+        iterative_pruning(learner, TASK, train.images, dataclasses.replace(train_cfg, steps=0), prune_cfg,
+                          val=val.images, on_round=on_round, progress=False)
         rows[-1]["final_density_measured"] = density(learner.field)
 
     print("dense_narrow and scratch ...", flush=True)
@@ -118,8 +122,9 @@ def main() -> None:
         width = narrow_width(field_cfg, targets[r])
         narrow_cfg = dataclasses.replace(field_cfg, width=width, sparse=False)
         steps = cfg["dense_steps"] + r * cfg["round_steps"]
-        narrow = build_learner(build_field(narrow_cfg), learner_cfg)
-        meta_train(narrow, train, dataclasses.replace(train_cfg, steps=steps), val=val, progress=False)
+        narrow = build_learner(build_field(narrow_cfg), "maml", **learner_options)
+        meta_train(narrow, TASK, train.images, dataclasses.replace(train_cfg, steps=steps), val=val.images,
+                   progress=False)
         add_row("dense_narrow", narrow.field, {n: p.detach() for n, p in narrow.init_params().items()},
                 (1 - cfg["fraction"]) ** r, steps)
         scratch_field = build_field(dataclasses.replace(narrow_cfg, seed=1))

@@ -18,12 +18,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_json  # noqa: E402
-from image_meta import RANDOM_LRS, curve, datasets, settings  # noqa: E402
+from _common import learner_record, machine, write_json  # noqa: E402
+from image_meta import RANDOM_LRS, curve, datasets, image_task, settings  # noqa: E402
 
-from metainr import FieldConfig, LearnerConfig, TrainConfig, build_field, build_learner, count_parameters, fit  # noqa: E402
+from metainr import FieldConfig, TrainConfig, build_field, build_learner, count_parameters, fit  # noqa: E402
 from metainr.functional import field_params  # noqa: E402
-from metainr.meta import LEARNER_PRESETS  # noqa: E402
 from metainr.train import meta_train, read_metrics  # noqa: E402
 
 STEPS = [0, 1, 2, 5, 10, 20, 50]
@@ -43,21 +42,25 @@ def transinr_settings(quick: bool) -> dict:
 
 
 def train(kind: str, cfg: dict, train_set, val, root: Path):
+    task = image_task(cfg)
     if kind == "transinr":
         field_cfg = FieldConfig(**cfg["transinr_field"])
-        learner_cfg = LearnerConfig(**{**LEARNER_PRESETS["transinr"], **cfg["hyper"]})
+        # the hypernetwork reads the task's patch tokens (image_size names the side they come from)
+        tokens, token_dim = task.tokens(task.batch(train_set.images[:1])).shape[1:]
+        options = {k: v for k, v in cfg["hyper"].items() if k != "image_size"}
+        options.update(tokens=tokens, token_dim=token_dim, test_optimizer="adam", test_lr=1e-3)
         train_cfg = TrainConfig(steps=cfg["transinr_steps"], batch_size=cfg["transinr_batch"],
                                 outer_lr=cfg["transinr_lr"], schedule="cosine", eval_every=cfg["transinr_steps"] // 10,
                                 eval_steps=0, log_every=10, checkpoint_every=cfg["transinr_steps"] // 10)
     else:
         field_cfg = FieldConfig(**cfg["field"])
-        learner_cfg = LearnerConfig(kind="maml", inner_steps=cfg["inner_steps"], inner_lr=cfg["inner_lr"])
+        options = dict(inner_steps=cfg["inner_steps"], inner_lr=cfg["inner_lr"])
         train_cfg = TrainConfig(steps=cfg["maml_steps"], batch_size=cfg["batch_size"], outer_lr=cfg["outer_lr"],
                                 eval_every=cfg["eval_every"], eval_steps=2, log_every=10,
                                 checkpoint_every=cfg["eval_every"])
-    learner = build_learner(build_field(field_cfg), learner_cfg)
+    learner = build_learner(build_field(field_cfg), kind, **options)
     t0 = time.perf_counter()
-    meta_train(learner, train_set, train_cfg, run_dir=root / kind, val=val, progress=False,
+    meta_train(learner, task, train_set.images, train_cfg, run_dir=root / kind, val=val.images, progress=False,
                max_seconds=cfg["max_seconds"])
     seconds = time.perf_counter() - t0
     records = read_metrics(root / kind / "metrics.jsonl")
@@ -65,7 +68,7 @@ def train(kind: str, cfg: dict, train_set, val, root: Path):
                      "params": sum(p.numel() for p in learner.parameters()),
                      "field_params": count_parameters(learner.field),
                      "val_curve": [[r["step"], round(r["val_psnr"], 3)] for r in records if "val_psnr" in r],
-                     "learner": learner_cfg.to_dict(), "train": train_cfg.to_dict()}
+                     "learner": learner_record(kind, learner), "train": train_cfg.to_dict()}
 
 
 def median_seconds(fn, repeats: int = 7) -> float:
@@ -88,41 +91,42 @@ def main() -> None:
     cfg = transinr_settings(args.quick)
     steps = [s for s in STEPS if s <= max(cfg["steps"])]
     train_set, val, test = datasets(cfg)
-    coords, values = test.coords, test.values
+    task = image_task(cfg)
+    batch = task.batch(test.images)
     root = Path(tempfile.mkdtemp(prefix="transinr_"))
     psnr, info = {}, {}
 
     print("training transinr ...", flush=True)
     hyper, info["transinr"] = train("transinr", cfg, train_set, val, root)
     with torch.no_grad():
-        init = hyper.signal_init(coords, values)
+        init = hyper.signal_init(task, batch)
     for lr in cfg["test_lrs"]:
-        res = fit(hyper.field, init, coords, values, max(steps), optimizer="adam", lr=lr, record=steps)
+        res = fit(task, hyper.field, init, batch, max(steps), optimizer="adam", lr=lr, record=steps)
         psnr[f"transinr_adam_{lr:g}"] = curve(res, len(steps))
-    psnr["transinr"] = psnr[f"transinr_adam_{hyper.config.inner_lr:g}"]
+    psnr["transinr"] = psnr[f"transinr_adam_{hyper.config.test_lr:g}"]
 
     print("training maml ...", flush=True)
     maml, info["maml"] = train("maml", cfg, train_set, val, root)
     rule = maml.test_rule()
-    res = fit(maml.field, maml.signal_init(coords, values), coords, values, max(steps), optimizer=rule.optimizer,
-              lr=rule.lrs, record=steps)
+    res = fit(task, maml.field, maml.signal_init(task, batch), batch, max(steps), record=steps,
+              **rule.fit_options(task, maml.field))
     psnr["maml"] = curve(res, len(steps))
 
     print("random init ...", flush=True)
     random_field = build_field(FieldConfig(**{**cfg["field"], "seed": 1}))
-    per_lr = {lr: curve(fit(random_field, field_params(random_field), coords, values, max(steps), optimizer="adam",
+    per_lr = {lr: curve(fit(task, random_field, field_params(random_field), batch, max(steps), optimizer="adam",
                             lr=lr, record=steps), len(steps)) for lr in RANDOM_LRS}
     psnr["random"] = [max(c[i] for c in per_lr.values()) for i in range(len(steps))]
 
-    one_coords, one_values = coords, values[:1]
+    one = batch.signals(slice(0, 1))
 
     def encode():
         with torch.no_grad():
-            hyper.signal_init(one_coords, one_values)
+            hyper.signal_init(task, one)
 
     def adapt():
-        fit(maml.field, maml.signal_init(one_coords, one_values), one_coords, one_values, maml.config.inner_steps,
-            optimizer="sgd", lr=maml.config.inner_lr)
+        fit(task, maml.field, maml.signal_init(task, one), one, maml.config.inner_steps, optimizer="sgd",
+            lr=maml.config.inner_lr)
 
     encode_s, adapt_s = median_seconds(encode), median_seconds(adapt)
     k = maml.config.inner_steps

@@ -1,23 +1,25 @@
 """Behaviour: a short meta-training must beat a random init on held-out signals."""
 import pytest
 
-from metainr import MAML, Reptile, Siren, TrainConfig, faces, fit, mean_psnr, meta_train
+from metainr import MAML, ImageTask, Reptile, Siren, TrainConfig, faces, fit, mean_psnr, meta_train
 from metainr.functional import field_params
+
+TASK = ImageTask(channels=1)
 
 RANDOM_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 
 
 def _best_random_psnr_after(steps, test):
     field = Siren(out_dim=1, width=32, depth=4, seed=1)
-    return max(mean_psnr(fit(field, field_params(field), test.coords, test.values, steps, optimizer="adam",
+    return max(mean_psnr(fit(TASK, field, field_params(field), TASK.batch(test.images), steps, optimizer="adam",
                              lr=lr).psnr[:, -1]) for lr in RANDOM_LRS)
 
 
 def _meta_psnr_after(learner, steps, test):
-    rule = learner.test_rule()
-    init = {n: p.detach() for n, p in learner.init_params().items()}
-    return mean_psnr(fit(learner.field, init, test.coords, test.values, steps, optimizer=rule.optimizer,
-                         lr=rule.lrs).psnr[:, -1])
+    batch = TASK.batch(test.images)
+    init = learner.signal_init(TASK, batch)
+    return mean_psnr(fit(TASK, learner.field, init, batch, steps,
+                         **learner.test_rule().fit_options(TASK, learner.field)).psnr[:, -1])
 
 
 @pytest.mark.parametrize("make, measured_margin", [
@@ -29,6 +31,6 @@ def _meta_psnr_after(learner, steps, test):
 def test_short_meta_training_beats_random_init_after_two_steps(make, measured_margin):
     train, test = faces("train"), faces("test")
     learner = make()
-    meta_train(learner, train, TrainConfig(steps=120, batch_size=8, outer_lr=1e-3), progress=False)
+    meta_train(learner, TASK, train, TrainConfig(steps=120, batch_size=8, outer_lr=1e-3), progress=False)
     meta, random = _meta_psnr_after(learner, 2, test), _best_random_psnr_after(2, test)
     assert meta > random + measured_margin, (meta, random)

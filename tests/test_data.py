@@ -5,7 +5,7 @@ from PIL import Image
 
 from metainr import MetaINRError, faces, image_folder, patches
 from metainr.data.images import PATCH_TEST_PHOTOS, PATCH_TRAIN_PHOTOS
-from metainr.signals import grid_coords, image_to_values, values_to_image
+from metainr.data import grid_coords, image_to_values, values_to_image
 
 
 def test_grid_coords_span_minus_one_to_one_in_ij_order():

@@ -1,8 +1,15 @@
 import pytest
 import torch
 
-from metainr import Siren, fit
-from metainr.functional import field_params, signal_mse
+from metainr import ImageTask, Siren, fit
+from metainr.functional import field_params, predict
+from metainr.tasks import Batch
+
+TASK = ImageTask()
+
+
+def signal_mse(field, params, coords, values):
+    return ((predict(field, params, coords) - values) ** 2).mean()
 
 
 def _data():
@@ -16,7 +23,7 @@ def test_batched_adam_fit_equals_fitting_each_signal_alone():
     coords, values = _data()
     field = Siren(out_dim=1, width=8, depth=3)
     init = field_params(field)
-    batched = fit(field, init, coords, values, 5, optimizer="adam", lr=1e-3)
+    batched = fit(TASK, field, init, Batch(coords, values), 5, optimizer="adam", lr=1e-3)
     for b in range(3):
         params = {n: p.detach().clone().requires_grad_(True) for n, p in init.items()}
         opt = torch.optim.Adam(params.values(), lr=1e-3)
@@ -33,7 +40,7 @@ def test_sgd_fit_with_per_parameter_lrs_matches_manual_step():
     field = Siren(out_dim=1, width=8, depth=3)
     init = {n: p.detach() for n, p in field_params(field).items()}
     lrs = {n: torch.full_like(p, 0.01 * (i + 1)) for i, (n, p) in enumerate(init.items())}
-    result = fit(field, init, coords, values[:1], 1, optimizer="sgd", lr=lrs)
+    result = fit(TASK, field, init, Batch(coords, values[:1]), 1, optimizer="sgd", lr=lrs)
     leaf = {n: p.clone().requires_grad_(True) for n, p in init.items()}
     grads = torch.autograd.grad(signal_mse(field, leaf, coords, values[0]), list(leaf.values()))
     for (n, p), g in zip(init.items(), grads):
@@ -43,7 +50,8 @@ def test_sgd_fit_with_per_parameter_lrs_matches_manual_step():
 def test_fit_records_requested_steps_and_improves():
     coords, values = _data()
     field = Siren(out_dim=1, width=16, depth=3)
-    result = fit(field, field_params(field), coords, values, 50, optimizer="adam", lr=1e-3, record=[0, 10, 50])
+    result = fit(TASK, field, field_params(field), Batch(coords, values), 50, optimizer="adam", lr=1e-3,
+                 record=[0, 10, 50])
     assert result.steps == [0, 10, 50]
     assert result.psnr.shape == (3, 3)
     assert torch.all(result.psnr[:, -1] > result.psnr[:, 0] + 3)
@@ -53,23 +61,20 @@ def test_fit_rejects_bad_arguments():
     coords, values = _data()
     field = Siren(out_dim=1, width=4, depth=2)
     with pytest.raises(ValueError, match="steps"):
-        fit(field, field_params(field), coords, values, -1)
+        fit(TASK, field, field_params(field), Batch(coords, values), -1)
     with pytest.raises(ValueError, match="optimizer"):
-        fit(field, field_params(field), coords, values, 1, optimizer="lbfgs")
+        fit(TASK, field, field_params(field), Batch(coords, values), 1, optimizer="lbfgs")
 
 
 def test_coordinate_chunking_gives_the_same_fit():
     """A signal swept in coordinate slices (bounded memory) is fitted exactly as in one pass."""
-    from metainr import Siren, fit
-    from metainr.functional import field_params
-
     field = Siren(out_dim=2, width=16, depth=3, seed=5).double()
     g = torch.Generator().manual_seed(1)
     coords = torch.rand(300, 2, generator=g).double() * 2 - 1
     values = torch.rand(3, 300, 2, generator=g).double()
     for opt, lr in (("adam", 1e-3), ("sgd", 1e-2)):
-        one = fit(field, field_params(field), coords, values, 5, optimizer=opt, lr=lr, record=[0, 5])
-        sliced = fit(field, field_params(field), coords, values, 5, optimizer=opt, lr=lr, record=[0, 5],
+        one = fit(TASK, field, field_params(field), Batch(coords, values), 5, optimizer=opt, lr=lr, record=[0, 5])
+        sliced = fit(TASK, field, field_params(field), Batch(coords, values), 5, optimizer=opt, lr=lr, record=[0, 5],
                      chunk_coords=70)
         assert torch.allclose(one.psnr, sliced.psnr, rtol=1e-10)
         for n in one.params:

@@ -1,11 +1,15 @@
 import pytest
 import torch
 
-from metainr import MAML, FieldConfig, Siren, TrainConfig, build_field, count_parameters, faces, fit, load_learner
+from metainr import (MAML, FieldConfig, ImageTask, Siren, TrainConfig, build_field, count_parameters, faces, fit,
+                     load_learner)
 from metainr.compact import export_compact, load_compact
+from metainr.fields import density, magnitude_prune, narrow_width, nonzero_parameters, random_prune
 from metainr.functional import field_params, predict
-from metainr.prune import (PruneConfig, density, iterative_pruning, magnitude_prune, narrow_width,
-                           nonzero_parameters, random_prune)
+from metainr.tasks import Batch
+from metainr.train import PruneConfig, iterative_pruning
+
+TASK = ImageTask(channels=1)
 
 
 def test_magnitude_pruning_removes_exactly_the_smallest_weights_globally():
@@ -26,12 +30,12 @@ def test_masks_hold_through_inner_loop_fit_and_save_load(tmp_path):
     random_prune(learner.field, 0.5, generator=torch.Generator().manual_seed(0))
     masks = {n: b.clone() for n, b in learner.field.named_buffers()}
     # the inner loop: fast weights stay masked, so the gradient on pruned entries of the init is zero
-    _, grads = learner.meta_gradient(data.coords, data.values[:4])
+    _, grads = learner.meta_gradient(TASK, TASK.batch(data.images[:4]))
     for name, mask in masks.items():
         layer = name.rsplit(".", 1)[0]
         assert torch.all(grads[f"field.{layer}.weight"][mask == 0] == 0)
     # 100 Adam steps of fitting: the effective weights of pruned entries are still exactly zero
-    result = fit(learner.field, field_params(learner.field), data.coords, data.values[:2], 100, lr=1e-3)
+    result = fit(TASK, learner.field, field_params(learner.field), TASK.batch(data.images[:2]), 100, lr=1e-3)
     for name, mask in masks.items():
         layer = name.rsplit(".", 1)[0]
         effective = result.params[f"{layer}.weight"] * mask
@@ -50,7 +54,7 @@ def test_schedule_density_is_point_eight_to_the_k_within_one_weight(tmp_path):
     learner = MAML(Siren(out_dim=1, width=10, depth=3, sparse=True), inner_steps=1)
     total = sum(m.mask.numel() for m in (*learner.field.hidden, learner.field.head))
     seen = []
-    records = iterative_pruning(learner, data, TrainConfig(steps=2, batch_size=4), PruneConfig(rounds=6, steps=1),
+    records = iterative_pruning(learner, TASK, data, TrainConfig(steps=2, batch_size=4), PruneConfig(rounds=6, steps=1),
                                 run_dir=tmp_path, on_round=lambda r, lrn: seen.append(density(lrn.field)))
     assert [r["round"] for r in records] == list(range(7)) and len(seen) == 7
     for k, rec in enumerate(records):
@@ -72,7 +76,7 @@ def test_compact_export_round_trips_exactly_and_is_small(tmp_path):
     data = faces("test")
     field = Siren(out_dim=1, width=16, depth=3, sparse=True, rwf=True)
     magnitude_prune(field, 0.9)
-    result = fit(field, field_params(field), data.coords, data.values[:1], 20, lr=1e-3)
+    result = fit(TASK, field, field_params(field), Batch(data.coords, data.values[:1]), 20, lr=1e-3)
     params = {n: p[0] for n, p in result.params.items()}
     size = export_compact(tmp_path / "f.safetensors", field, params)
     loaded, loaded_params = load_compact(tmp_path / "f.safetensors")
@@ -91,3 +95,11 @@ def test_pruning_a_dense_field_is_refused():
         magnitude_prune(Siren(width=4, depth=2), 0.2)
     with pytest.raises(ValueError, match="fraction"):
         PruneConfig(rounds=1, fraction=1.5)
+
+
+def test_a_schedule_without_dense_phase_ends_round_zero_before_any_step():
+    data = faces("train").subset(slice(0, 8))
+    learner = MAML(Siren(out_dim=1, width=10, depth=3, sparse=True), inner_steps=1)
+    records = iterative_pruning(learner, TASK, data, TrainConfig(steps=0, batch_size=4), PruneConfig(rounds=2, steps=1))
+    assert [r["round"] for r in records] == [0, 1, 2] and records[0]["density"] == 1.0
+    assert records[2]["density"] == pytest.approx(0.64, abs=0.01)

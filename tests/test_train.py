@@ -3,10 +3,11 @@ import json
 import pytest
 import torch
 
-from metainr import (MAML, CheckpointMismatch, ImageDataset, MetaINRError, Siren, TrainConfig, TrainingDiverged, faces,
-                     load_learner, meta_train, save_checkpoint)
+from metainr import (MAML, CheckpointMismatch, ImageDataset, ImageTask, MetaINRError, Siren, TrainConfig,
+                     TrainingDiverged, faces, load_learner, meta_train, save_checkpoint, task_from_meta)
 from metainr.store import load_tensors
 
+TASK = ImageTask(channels=1)
 
 
 @pytest.fixture(scope="module")
@@ -20,18 +21,19 @@ def _learner(width=8, **kw):
 
 def test_save_load_gives_same_outputs(tmp_path, small_faces):
     learner = MAML(Siren(out_dim=1, width=8, depth=3, rwf=True), meta_sgd=True, inner_steps=2)
-    meta_train(learner, small_faces, TrainConfig(steps=3, batch_size=4, outer_lr=1e-3), progress=False)
-    save_checkpoint(tmp_path / "a.safetensors", learner, None, step=3)
+    meta_train(learner, TASK, small_faces, TrainConfig(steps=3, batch_size=4, outer_lr=1e-3), progress=False)
+    save_checkpoint(tmp_path / "a.safetensors", learner, None, step=3, task=TASK)
     loaded, meta = load_learner(tmp_path / "a.safetensors")
+    assert task_from_meta(meta).spec() == TASK.spec()
     coords = small_faces.coords
     torch.testing.assert_close(loaded.field(coords), learner.field(coords), rtol=0, atol=0)
     for n, t in learner.inner_lrs().items():
         torch.testing.assert_close(loaded.inner_lrs()[n], t)
-    assert meta["step"] == 3 and meta["field"]["rwf"] is True and meta["learner"]["kind"] == "metasgd"
+    assert meta["step"] == 3 and meta["field"]["rwf"] is True and meta["learner"]["name"] == "metasgd"
 
 
 def test_loading_into_another_architecture_fails_clearly(tmp_path, small_faces):
-    from metainr.train import _restore
+    from metainr.train import restore as _restore
 
     save_checkpoint(tmp_path / "w8.safetensors", _learner(8), None, step=0)
     tensors, _ = load_tensors(tmp_path / "w8.safetensors")
@@ -44,13 +46,13 @@ def test_loading_into_another_architecture_fails_clearly(tmp_path, small_faces):
 def test_resume_equals_uninterrupted(tmp_path, small_faces):
     cfg = TrainConfig(steps=6, batch_size=4, outer_lr=1e-3, checkpoint_every=3, log_every=1)
     full = _learner()
-    meta_train(full, small_faces, cfg, run_dir=tmp_path / "full", progress=False)
+    meta_train(full, TASK, small_faces, cfg, run_dir=tmp_path / "full", progress=False)
 
     first = _learner()
-    meta_train(first, small_faces, TrainConfig(**{**cfg.to_dict(), "steps": 3}), run_dir=tmp_path / "part",
+    meta_train(first, TASK, small_faces, TrainConfig(**{**cfg.to_dict(), "steps": 3}), run_dir=tmp_path / "part",
                progress=False)
     resumed = _learner()  # a fresh process would start from the same constructor
-    meta_train(resumed, small_faces, cfg, run_dir=tmp_path / "part", resume=True, progress=False)
+    meta_train(resumed, TASK, small_faces, cfg, run_dir=tmp_path / "part", resume=True, progress=False)
     for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
     steps = [json.loads(line)["step"] for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
@@ -59,21 +61,21 @@ def test_resume_equals_uninterrupted(tmp_path, small_faces):
 
 def test_resume_with_a_different_architecture_is_refused(tmp_path, small_faces):
     cfg = TrainConfig(steps=2, batch_size=4)
-    meta_train(_learner(8), small_faces, cfg, run_dir=tmp_path, progress=False)
+    meta_train(_learner(8), TASK, small_faces, cfg, run_dir=tmp_path, progress=False)
     with pytest.raises(CheckpointMismatch, match="width=8"):
-        meta_train(_learner(16), small_faces, TrainConfig(steps=4, batch_size=4), run_dir=tmp_path, resume=True,
+        meta_train(_learner(16), TASK, small_faces, TrainConfig(steps=4, batch_size=4), run_dir=tmp_path, resume=True,
                    progress=False)
     with pytest.raises(MetaINRError, match="nothing to resume"):
-        meta_train(_learner(8), small_faces, cfg, run_dir=tmp_path / "empty", resume=True, progress=False)
+        meta_train(_learner(8), TASK, small_faces, cfg, run_dir=tmp_path / "empty", resume=True, progress=False)
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, small_faces):
     cfg = TrainConfig(steps=2, batch_size=4, checkpoint_every=1)
-    meta_train(_learner(), small_faces, cfg, run_dir=tmp_path, progress=False)
+    meta_train(_learner(), TASK, small_faces, cfg, run_dir=tmp_path, progress=False)
     good = (tmp_path / "checkpoint.safetensors").read_bytes()
     poisoned = ImageDataset(torch.full_like(small_faces.images, float("nan")))
     with pytest.raises(TrainingDiverged, match=r"diverged at outer step 3.*\(step 2\)"):
-        meta_train(_learner(), poisoned, TrainConfig(**{**cfg.to_dict(), "steps": 4}), run_dir=tmp_path,
+        meta_train(_learner(), TASK, poisoned, TrainConfig(**{**cfg.to_dict(), "steps": 4}), run_dir=tmp_path,
                    resume=True, progress=False)
     assert (tmp_path / "checkpoint.safetensors").read_bytes() == good
 
@@ -81,7 +83,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, small_faces):
 def test_exploding_inner_loop_is_reported_as_divergence(tmp_path, small_faces):
     learner = MAML(Siren(out_dim=1, width=8, depth=3), inner_steps=3, inner_lr=1e30)
     with pytest.raises(TrainingDiverged, match="outer step 1.*none written"):
-        meta_train(learner, small_faces, TrainConfig(steps=3, batch_size=4), run_dir=tmp_path, progress=False)
+        meta_train(learner, TASK, small_faces, TrainConfig(steps=3, batch_size=4), run_dir=tmp_path, progress=False)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, small_faces):

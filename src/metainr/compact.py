@@ -11,7 +11,7 @@ from torch import Tensor
 from .errors import MetaINRError
 from .fields import Field, FieldConfig, build_field
 from .functional import Params
-from .prune import named_masked_layers
+from .fields.sparsity import named_masked_layers
 from .store import load_tensors, save_tensors
 
 

@@ -20,4 +20,5 @@ class Config:
         unknown = set(data) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
         if unknown:
             raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
-        return cls(**data)
+        # JSON has no tuples: a tuple-valued field comes back as a list
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

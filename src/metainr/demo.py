@@ -7,15 +7,15 @@ from pathlib import Path
 
 import torch
 
-from .data import faces
+from .device import resolve_device
 from .fields import FieldConfig, build_field, count_parameters
-from .fit import batched_predict, fit
-from .functional import field_params
-from .meta import LearnerConfig, build_learner
+from .fit import fit
+from .functional import field_function, field_params
+from .meta import build_learner
 from .metrics import mean_psnr, ssim
 from .plot import plot_image_grid, plot_psnr_curves, plot_training
-from .signals import values_to_image
 from .store import atomic_write_json
+from .tasks import ImageTask
 from .train import TrainConfig, meta_train, read_metrics
 
 log = logging.getLogger(__name__)
@@ -24,54 +24,57 @@ DEMO_STEPS = [0, 1, 2, 3, 5, 10, 20, 50, 100]
 RANDOM_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 
 
-def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False) -> dict:
+def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, device: str | torch.device | None = "cpu") -> dict:
     """Meta-train MAML on the bundled faces, compare with random inits, write plots + summary.json.
 
     70 training faces meta-train, 10 validate, the 20 held-out test faces are fitted at the end.
 
     Field: SIREN, width 32, 4 layers (2,241 params for 625 pixel values, about 3.6x, as the
     papers size fields). Random inits are fitted with Adam at each lr of ``RANDOM_LRS`` and
-    the best per step is reported. Returns the summary dict.
+    the best per step is reported. ``device``: auto | cpu | cuda[:i]. Returns the summary dict.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device)
     t0 = time.perf_counter()
     # 10 training faces validate (best-checkpoint choice); the 20 test faces are only fitted at the end
-    all_train, test_set = faces("train"), faces("test")
-    val_set, train_set = all_train.subset(slice(0, 10)), all_train.subset(slice(10, None))
-    field_cfg = FieldConfig(kind="siren", out_dim=1, width=32, depth=4, w0=30.0, w0_first=30.0)
-    learner_cfg = LearnerConfig(kind="maml", inner_steps=3, inner_lr=1e-2)
+    task = ImageTask(resolution=25, channels=1)
+    all_train, test_set = task.load("faces", "train"), task.load("faces", "test")
+    val_set, train_set = all_train[:10], all_train[10:]
+    field_cfg = FieldConfig(kind="siren", in_dim=task.in_dim, out_dim=task.out_dim, width=32, depth=4, w0=30.0,
+                            w0_first=30.0)
+    learner = build_learner(build_field(field_cfg), "maml", inner_steps=3, inner_lr=1e-2)
     train_cfg = TrainConfig(steps=60 if quick else 2500, batch_size=8, outer_lr=1e-3, eval_every=20 if quick else 250,
                             eval_steps=2, checkpoint_every=250)
-    learner = build_learner(build_field(field_cfg), learner_cfg)
-    init = meta_train(learner, train_set, train_cfg, run_dir=out / "train", val=val_set,
-                      data={"source": "faces", "resolution": 25, "channels": 1})
+    init = meta_train(learner, task, train_set, train_cfg, run_dir=out / "train", val=val_set,
+                      info={"source": "faces", "validation": "the first 10 of faces:train"}, device=device)
     train_seconds = time.perf_counter() - t0
     records = read_metrics(out / "train" / "metrics.jsonl")
     plot_training(records, out / "training.png")
 
-    coords, values = test_set.coords, test_set.values
+    batch = task.batch(test_set).to(device)
     top = max(DEMO_STEPS) if not quick else 20
     steps = [s for s in DEMO_STEPS if s <= top]
-    rule = learner.test_rule()
-    meta = fit(learner.field, init, coords, values, top, optimizer=rule.optimizer, lr=rule.lrs, record=steps)
-    random_field = build_field(FieldConfig(**{**field_cfg.to_dict(), "seed": 1}))
-    random_runs = {lr: fit(random_field, field_params(random_field), coords, values, top, optimizer="adam", lr=lr,
+    rule = learner.test_rule().fit_options(task, learner.field)
+    meta = fit(task, learner.field, init, batch, top, record=steps, **rule)
+    random_field = build_field(FieldConfig(**{**field_cfg.to_dict(), "seed": 1})).to(device)
+    random_runs = {lr: fit(task, random_field, field_params(random_field), batch, top, optimizer="adam", lr=lr,
                            record=steps) for lr in RANDOM_LRS}
     meta_curve = [mean_psnr(meta.psnr[:, i]) for i in range(len(steps))]
     random_curves = {lr: [mean_psnr(r.psnr[:, i]) for i in range(len(steps))] for lr, r in random_runs.items()}
     best_random = [max(c[i] for c in random_curves.values()) for i in range(len(steps))]
-    plot_psnr_curves(steps, {"meta-learned init (MAML, SGD)": meta_curve, "random init (Adam, best lr per step)": best_random},
+    plot_psnr_curves(steps, {"meta-learned init (MAML, SGD)": meta_curve,
+                             "random init (Adam, best lr per step)": best_random},
                      out / "psnr_vs_steps.png", title="held-out faces: PSNR vs fitting steps")
 
-    h, w, c = test_set.shape
-    two = fit(learner.field, init, coords, values, 2, optimizer=rule.optimizer, lr=rule.lrs)
+    h, w, c = test_set.shape[1:]
+    two = fit(task, learner.field, init, batch, 2, **rule)
     best_lr = max(RANDOM_LRS, key=lambda lr: random_curves[lr][steps.index(2)])
-    rand_two = fit(random_field, field_params(random_field), coords, values, 2, optimizer="adam", lr=best_lr)
+    rand_two = fit(task, random_field, field_params(random_field), batch, 2, optimizer="adam", lr=best_lr)
     with torch.no_grad():
-        recon_meta = values_to_image(batched_predict(learner.field, two.params, coords), h, w).clamp(0, 1)
-        recon_rand = values_to_image(batched_predict(random_field, rand_two.params, coords), h, w).clamp(0, 1)
-    plot_image_grid({"ground truth": test_set.images, "meta init, 2 steps": recon_meta,
+        recon_meta = task.reconstruct(field_function(learner.field), two.params, batch).cpu()
+        recon_rand = task.reconstruct(field_function(random_field), rand_two.params, batch).cpu()
+    plot_image_grid({"ground truth": test_set, "meta init, 2 steps": recon_meta,
                      "random init, 2 steps": recon_rand}, out / "reconstructions.png")
 
     at2 = steps.index(2)
@@ -81,7 +84,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False) -> dict:
             "meta_psnr_after_2_steps": round(meta_curve[at2], 2),
             "random_psnr_after_2_steps": round(best_random[at2], 2),
             "random_steps_to_match": reach,
-            "meta_ssim_after_2_steps": round(float(ssim(recon_meta, test_set.images).mean()), 4),
+            "meta_ssim_after_2_steps": round(float(ssim(recon_meta, test_set).mean()), 4),
         },
         "steps": steps,
         "psnr": {"maml": meta_curve, "random_best": best_random,
@@ -89,12 +92,14 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False) -> dict:
         "field": field_cfg.to_dict(),
         "field_params": count_parameters(learner.field),
         "values_per_signal": h * w * c,
-        "learner": learner_cfg.to_dict(),
+        "task": task.spec(),
+        "learner": learner.spec(),
         "train": train_cfg.to_dict(),
         "data": {"train": len(train_set), "validation": len(val_set), "test": len(test_set), "resolution": h},
         "meta_train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
         "threads": torch.get_num_threads(),
+        "device": str(device),
         "quick": quick,
     }
     atomic_write_json(out / "summary.json", summary)

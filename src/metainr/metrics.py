@@ -1,4 +1,4 @@
-"""Per-signal image metrics: PSNR and SSIM. Always one number per signal, never batch-level."""
+"""Per-signal metrics: PSNR and SSIM. Always one number per signal, never batch-level."""
 from __future__ import annotations
 
 import torch
@@ -7,18 +7,18 @@ from torch import Tensor
 
 
 def mse_per_signal(pred: Tensor, target: Tensor) -> Tensor:
-    """pred, target: (B, N, C) -> (B,) mean squared error over coordinates and channels."""
+    """pred, target: (B, ...) -> (B,) mean squared error over everything but the signal dim."""
     return ((pred - target) ** 2).flatten(1).mean(dim=1)
 
 
-def psnr(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
-    """Per-signal PSNR in dB of predictions clamped to the data range.
+def psnr(pred: Tensor, target: Tensor, data_range: float = 1.0, clamp: bool = True) -> Tensor:
+    """Per-signal PSNR in dB, predictions clamped to [0, data_range] unless ``clamp=False``.
 
     pred, target: (B, ...) -> (B,). A perfect fit gives +inf; cap it when averaging.
     """
-    pred = pred.clamp(0.0, data_range)
-    mse = ((pred - target) ** 2).flatten(1).mean(dim=1)
-    return 10.0 * torch.log10(data_range**2 / mse)
+    if clamp:
+        pred = pred.clamp(0.0, data_range)
+    return 10.0 * torch.log10(data_range**2 / mse_per_signal(pred, target))
 
 
 def mean_psnr(values: Tensor, cap: float = 60.0) -> float:
@@ -26,9 +26,9 @@ def mean_psnr(values: Tensor, cap: float = 60.0) -> float:
     return float(values.clamp(max=cap).mean())
 
 
-def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> Tensor:
+def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5, device: torch.device | None = None) -> Tensor:
     radius = int(truncate * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
     w = torch.exp(-(x**2) / (2 * sigma**2))
     return w / w.sum()
 
@@ -46,7 +46,7 @@ def ssim(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
     x = pred.clamp(0.0, data_range).permute(0, 3, 1, 2).double()
     y = target.permute(0, 3, 1, 2).double()
     b, c, h, w = x.shape
-    win = _gaussian_window()
+    win = _gaussian_window(device=pred.device)
     k = win.numel()
     if h < k or w < k:
         raise ValueError(f"ssim needs images of at least {k}x{k} pixels, got {h}x{w}")
@@ -63,4 +63,3 @@ def ssim(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
     return s.mean(dim=(1, 2, 3)).to(dtype)
-

@@ -1,4 +1,6 @@
-"""Datasets of signals: user folders, embedded defaults, deterministic splits."""
-from .images import DATASETS, ImageDataset, faces, image_folder, load_dataset, load_image, patches
+"""Datasets of signals: user folders, embedded defaults, procedural generators, deterministic splits."""
+from .images import (DATASETS, ImageDataset, faces, grid_coords, image_folder, image_to_values, load_dataset,
+                     load_image, patches, values_to_image)
 
-__all__ = ["DATASETS", "ImageDataset", "faces", "image_folder", "load_dataset", "load_image", "patches"]
+__all__ = ["DATASETS", "ImageDataset", "faces", "grid_coords", "image_folder", "image_to_values", "load_dataset",
+           "load_image", "patches", "values_to_image"]

@@ -1,25 +1,39 @@
-"""CT data: procedural ellipse phantoms, a user's folder of 2D slices, and the meta-training dataset.
+"""CT data: procedural ellipse phantoms, a user's folder of 2D slices, and view angles.
 
-Images are ``(n, size, size)`` tensors in [0, 1], zero outside the reconstruction circle (see
-:mod:`metainr.signals.ct` for the geometry). :class:`CTDataset` turns them into CT tasks: dense
-sinograms to score a field, with a few random views as each task's inner-loop context.
+Images are ``(n, size, size)`` tensors in [0, 1], zero outside the reconstruction circle. The two
+pieces of geometry that data needs (pixel spacing and the reconstruction circle) live here; the
+rest of the scan geometry and the projector are :mod:`metainr.tasks.ct_geometry`, and turning
+images into CT batches is :class:`metainr.tasks.CTTask`'s job.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import MetaINRError
-from ..signals.image import grid_coords
-from ..signals.ct import RayIntegral, bilinear_taps, circle_mask, parallel_beam_rays, pixel_spacing, project_pixels
+from .files import read_npy
 
 SLICE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".dcm"}
 MAX_ELLIPSES = 12  # skull + brain + up to 10 features
+SPLITS = ("train", "val", "test")
+
+
+def pixel_spacing(size: int) -> float:
+    """Distance ``h`` between neighbouring pixel centres of a ``size``-pixel side spanning [-1, 1]."""
+    if size < 2:
+        raise ValueError(f"a CT image needs at least 2 pixels a side, got {size}")
+    return 2.0 / (size - 1)
+
+
+def circle_mask(size: int, device: torch.device | str | None = None) -> Tensor:
+    """(size, size) bool: pixels inside the reconstruction circle, radius ``size // 2`` pixels about
+    pixel ``(size // 2, size // 2)`` (scikit-image's rule)."""
+    idx = torch.arange(size, device=device) - size // 2
+    return idx[:, None] ** 2 + idx[None, :] ** 2 <= (size // 2) ** 2
 
 
 class _Uniform:
@@ -100,13 +114,14 @@ def ellipse_phantoms(count: int, size: int, seed: int = 0) -> Tensor:
 
 
 def _read_slice(path: Path) -> np.ndarray:
-    """One 2D slice as a float array in [0, 1] (a 3D .npy gives a stack (k, H, W))."""
+    """One 2D slice as a float array in [0, 1] (a 3D .npy gives a stack (k, H, W)); arrays
+    outside [0, 1] (raw scanner units) are min-max scaled."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False).astype(np.float64)
-        except (ValueError, OSError) as exc:
-            raise MetaINRError(f"cannot read {path}: {exc}") from None
+        array = read_npy(path, "slice")
+        if not np.issubdtype(array.dtype, np.number):
+            raise MetaINRError(f"{path}: expected a numeric array, got dtype {array.dtype}")
+        array = array.astype(np.float64)
     elif suffix == ".dcm":
         try:
             import pydicom
@@ -124,6 +139,8 @@ def _read_slice(path: Path) -> np.ndarray:
         return load_image(path, channels=1)[..., 0].numpy().astype(np.float64)
     if array.ndim not in (2, 3):
         raise MetaINRError(f"{path}: expected a 2D slice or a (k, H, W) stack, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise MetaINRError(f"{path} holds NaN or infinite values")
     lo, hi = float(array.min()), float(array.max())
     if lo < 0.0 or hi > 1.0:  # raw scanner units: scale this file to [0, 1]
         array = (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
@@ -152,144 +169,31 @@ def slice_folder(path: str | Path, size: int) -> Tensor:
 
 
 def load_ct_images(source: str, split: str, size: int, count: int, seed: int = 0) -> Tensor:
-    """``ct-phantoms`` (procedural; train, validation and test use disjoint seeds) or a slice folder."""
+    """Images (n, size, size) of ``source`` for ``split`` (train | val | test).
+
+    ``ct-phantoms``: ``count`` procedural phantoms; train, validation and test use disjoint seeds.
+    A folder of slices: ``train`` is all but its last 10% (every slice when it holds fewer than
+    10), ``val`` that last 10% (a folder of fewer than 10 slices has none: MetaINRError), ``test``
+    every slice (``count`` is not used).
+    """
+    if split not in SPLITS:
+        raise MetaINRError(f"split must be one of {list(SPLITS)}, got {split!r}")
     if source == "ct-phantoms":
-        offsets = {"train": 0, "val": 1, "test": 2}
-        if split not in offsets:
-            raise MetaINRError(f"split must be one of {sorted(offsets)}, got {split!r}")
-        return ellipse_phantoms(count, size, seed=3 * seed + offsets[split] + 1)
-    return slice_folder(source, size)
+        return ellipse_phantoms(count, size, seed=3 * seed + SPLITS.index(split) + 1)
+    images = slice_folder(source, size)
+    n_val = len(images) // 10
+    if split == "train":
+        return images[:-n_val] if n_val else images
+    if split == "val":
+        if not n_val:
+            raise MetaINRError(f"{source} holds {len(images)} slices: too few to hold back validation slices "
+                               "(10 or more are needed)")
+        return images[-n_val:]
+    return images
 
 
 def view_angles(n_views: int, offset: float = 0.0) -> Tensor:
-    """``n_views`` angles (degrees) evenly spread over [0, 180), starting at ``offset``."""
+    """``n_views`` angles (degrees, float64) evenly spread over [0, 180), starting at ``offset``."""
+    if n_views < 1:
+        raise ValueError(f"a scan needs at least one view, got {n_views}")
     return offset + torch.arange(n_views, dtype=torch.float64) * (180.0 / n_views)
-
-
-@dataclass
-class CTDataset:
-    """Images observed as parallel-beam sinograms, for meta-training and validation.
-
-    Every task of a meta-batch is scored on the dense sinogram (``dense_views`` angles evenly over
-    180 degrees, every detector); its inner loop sees only a few of those views: their number is
-    drawn log-uniformly from ``views`` per task, evenly spaced from a random first view.
-    """
-
-    images: Tensor
-    """(n, size, size) in [0, 1], zero outside the reconstruction circle"""
-    views: tuple[int, int] = (1, 32)
-    """inclusive range of the number of views an inner loop sees"""
-    dense_views: int = 0
-    """angles of the dense sinogram that scores a task (0: one per detector, ``size``)"""
-    val_views: tuple[int, ...] = (2, 8)
-    """validation: mean image PSNR over fits from this many views"""
-    score_image: bool = False
-    """also score each task on its image (pixels inside the circle) next to its dense sinogram"""
-    seed: int = 0
-    """seed of the views drawn for each outer step"""
-    name: str = "ct"
-    _cache: dict = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.images.dim() != 3 or self.images.shape[1] != self.images.shape[2] or len(self.images) == 0:
-            raise MetaINRError(f"CT dataset {self.name!r} needs square images (n, size, size), got "
-                               f"{tuple(self.images.shape)}")
-        self.dense_views = self.dense_views or self.size
-        lo, hi = self.views
-        if not 1 <= lo <= hi <= self.dense_views:
-            raise MetaINRError(f"views must satisfy 1 <= min <= max <= dense views ({self.dense_views}), "
-                               f"got {self.views}")
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def size(self) -> int:
-        """Side of the images = number of detectors."""
-        return self.images.shape[-1]
-
-    @property
-    def rays(self) -> Tensor:
-        """(dense_views * size, 2) rays of the dense sinogram (the same tensor every call)."""
-        if "rays" not in self._cache:
-            rays = parallel_beam_rays(view_angles(self.dense_views), self.size)
-            self._cache["rays"] = rays
-            self._cache["taps"] = bilinear_taps(rays, self.size)
-        return self._cache["rays"]
-
-    @property
-    def coords(self) -> Tensor:
-        """What a task is scored on: the dense rays (N, 2); with ``score_image``, tagged rows (N, 3):
-        the dense rays ``(0, theta, t)`` first, then the pixels inside the circle ``(1, row, col)``."""
-        if "coords" not in self._cache:
-            rays = self.rays
-            if self.score_image:
-                inside = grid_coords(self.size, self.size)[circle_mask(self.size).reshape(-1)]
-                rays = torch.cat([nn.functional.pad(rays, (1, 0), value=0.0),
-                                  nn.functional.pad(inside, (1, 0), value=1.0)])
-            self._cache["coords"] = rays
-        return self._cache["coords"]
-
-    def line_integrals(self, index: Tensor | slice, rays: Tensor | None = None) -> Tensor:
-        """Observations of images ``index`` along ``rays`` (default: the dense sinogram): (B, R, 1)."""
-        taps = None
-        if rays is None:
-            rays, taps = self.rays, self._cache["taps"]
-        images = self.images[index]
-        pixels = images.reshape(images.shape[0], -1).T  # (size * size, B)
-        return (project_pixels(pixels, rays, self.size, taps) * pixel_spacing(self.size)).T[..., None]
-
-    def draw_views(self, generator: torch.Generator) -> Tensor:
-        """Indices (v,) of one task's views among the dense angles (log-uniform count, random start)."""
-        lo, hi = self.views
-        fraction = float(torch.rand(1, generator=generator))
-        v = int(round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * fraction)))
-        start = int(torch.randint(self.dense_views, (1,), generator=generator))
-        return torch.unique((start + torch.round(torch.arange(v) * self.dense_views / v).long()) % self.dense_views)
-
-    def meta_batch(self, idx: Tensor, step: int) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """The tasks of outer step ``step``: (:attr:`coords` (N, d), their values (B, N, 1), one
-        context of dense-ray indices per task). A pure function of (seed, step, idx)."""
-        g = torch.Generator().manual_seed(self.seed * 7_368_787 + step)
-        detectors = torch.arange(self.size)
-        contexts = [(self.draw_views(g)[:, None] * self.size + detectors).reshape(-1) for _ in range(len(idx))]
-        values = self.line_integrals(idx)
-        if self.score_image:
-            inside = self.images[idx][:, circle_mask(self.size)]
-            values = torch.cat([values, inside[..., None]], dim=1)
-        return self.coords, values, contexts
-
-    def sparse_scan(self, n_views: int, index: Tensor | slice = slice(None)) -> tuple[Tensor, Tensor, Tensor]:
-        """Angles (v,) evenly over [0, 180) from 0, their rays (v * size, 2) and the observations
-        (B, v * size, 1) of images ``index``: what a scanner taking ``n_views`` views gives."""
-        angles = view_angles(n_views)
-        rays = parallel_beam_rays(angles, self.size)
-        return angles, rays, self.line_integrals(index, rays)
-
-    def validate(self, learner, steps: int) -> float:
-        """Mean image PSNR (inside the reconstruction circle) of every image, fitted ``steps``
-        test-time steps from each of ``val_views`` views with the learner's test rule.
-
-        ``learner.field`` must be a :class:`RayIntegral` of this dataset's size.
-        """
-        from ..reconstruct import circle_psnr, fit_observations
-        from ..signals.ct import render
-
-        obs = learner.field
-        if not isinstance(obs, RayIntegral) or obs.size != self.size:
-            raise MetaINRError(f"validating CT of size {self.size} needs a learner around a RayIntegral of that size")
-        rule = learner.test_rule()
-        scores = []
-        for v in self.val_views:
-            _, rays, values = self.sparse_scan(v)
-            with torch.no_grad():
-                init = learner.signal_init(rays, values)
-            fitted = fit_observations(obs, init, rays, values, steps, optimizer=rule.optimizer, lr=rule.lrs)[steps]
-            with torch.no_grad():
-                scores.append(circle_psnr(render(obs, fitted)[..., 0], self.images).mean())
-        return float(torch.stack(scores).mean())
-
-    def subset(self, index: Tensor | slice) -> "CTDataset":
-        """The same tasks over images ``index``."""
-        return CTDataset(self.images[index], self.views, self.dense_views, self.val_views, self.score_image, self.seed,
-                         self.name)

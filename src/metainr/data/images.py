@@ -15,13 +15,34 @@ import torch
 from torch import Tensor
 
 from ..errors import MetaINRError
-from ..signals.image import grid_coords, image_to_values
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # Colour photos bundled inside scikit-image. cat and chelsea show the same cat, so both are in
 # the test split: train and test crops never come from the same photo.
 PATCH_TRAIN_PHOTOS = ("astronaut", "coffee", "hubble_deep_field", "immunohistochemistry", "retina")
 PATCH_TEST_PHOTOS = ("chelsea", "cat", "rocket")
+
+
+def grid_coords(*shape: int, device: torch.device | str | None = None) -> Tensor:
+    """Coordinates of a pixel grid of ``shape`` (e.g. H, W): ``(prod(shape), len(shape))``.
+
+    Pixel centres are spread evenly over [-1, 1] per axis (meshgrid 'ij', endpoints included),
+    flattened in row-major order to match ``image.reshape(-1, C)``.
+    """
+    if not shape or any(s <= 0 for s in shape):
+        raise ValueError(f"grid shape must be positive, got {shape}")
+    axes = [torch.linspace(-1.0, 1.0, s, device=device) if s > 1 else torch.zeros(1, device=device) for s in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
+
+
+def image_to_values(images: Tensor) -> Tensor:
+    """images: (B, H, W, C) -> values (B, H*W, C)."""
+    return images.reshape(images.shape[0], -1, images.shape[-1])
+
+
+def values_to_image(values: Tensor, height: int, width: int) -> Tensor:
+    """values: (..., H*W, C) -> images (..., H, W, C)."""
+    return values.reshape(*values.shape[:-2], height, width, values.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,10 @@ class ImageDataset:
     def values(self) -> Tensor:
         """(n, H*W, C) pixel values."""
         return image_to_values(self.images)
+
+    def __getitem__(self, index: Tensor | slice | list[int]) -> Tensor:
+        """The images at ``index``: (k, H, W, C)."""
+        return self.images[index]
 
     def subset(self, index: Tensor | slice | list[int]) -> "ImageDataset":
         """The images at ``index``."""

@@ -1,7 +1,10 @@
-"""Fields: coordinate networks describing one signal each."""
+"""Fields: coordinate networks describing one signal each, and their sparsity masks."""
 from .config import FieldConfig
 from .linear import RWF, Linear
 from .mlp import FIELDS, Field, FourierMLP, PositionalMLP, Siren, build_field, count_parameters
+from .sparsity import (density, magnitude_prune, masked_layers, named_masked_layers, narrow_width, nonzero_parameters,
+                       random_prune)
 
 __all__ = ["FieldConfig", "RWF", "Linear", "FIELDS", "Field", "FourierMLP", "PositionalMLP", "Siren",
-           "build_field", "count_parameters"]
+           "build_field", "count_parameters", "density", "magnitude_prune", "masked_layers", "named_masked_layers",
+           "narrow_width", "nonzero_parameters", "random_prune"]

@@ -1,8 +1,14 @@
-"""What every meta-learner offers the trainer and test-time fitting."""
+"""What every meta-learner offers the trainer and test-time fitting.
+
+A learner owns a field (whose parameters are the meta-learned init) and its math: it maps a
+task's batch to an outer gradient, and says how new signals are fitted from its init. It never
+knows which task it runs, and never touches optimisers, devices or files (the trainer's job).
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence, Union
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -10,51 +16,8 @@ from torch import Tensor, nn
 from ..config import Config
 from ..fields import Field
 from ..functional import LearningRates, Params, field_params
-
-
-@dataclass(frozen=True)
-class LearnerConfig(Config):
-    """Settings of a meta-learner (the field is configured separately)."""
-
-    kind: str = "maml"
-    """learner: maml | fomaml | metasgd | reptile | transinr | gradncp"""
-    inner_steps: int = 3
-    """inner-loop steps K per signal during meta-training"""
-    inner_lr: float = 1e-2
-    """inner-loop step size alpha (Meta-SGD: its initial value)"""
-    first_order: bool = False
-    """detach inner gradients (set for fomaml; optional for metasgd)"""
-    inner_optimizer: str = "sgd"
-    """reptile: sgd | adam for the inner loop"""
-    batching: str = "loop"
-    """how the meta-batch runs: loop (per-signal backward, least memory) | vmap"""
-    image_size: int = 0
-    """transinr: side of the input images (0: set from the data)"""
-    patch_size: int = 0
-    """transinr: patch side (0: the smallest divisor of image_size giving at most 8 patches a side)"""
-    hyper_dim: int = 128
-    """transinr: token width of the transformer"""
-    hyper_depth: int = 4
-    """transinr: transformer layers"""
-    hyper_heads: int = 4
-    """transinr: attention heads"""
-    n_groups: int = 32
-    """transinr: weight tokens per layer (at most the layer's output width)"""
-    chunk_coords: int = 16384
-    """coordinates per chunk in full-signal passes outside the inner loop (outer loss, scoring, bootstrap)"""
-    keep_ratio: float = 0.25
-    """gradncp: fraction gamma of the context kept for each inner step"""
-    prune: str = "gradnorm"
-    """gradncp: how the kept context is chosen: gradnorm (the paper) | random (ablation)"""
-    boot_steps: int = 5
-    """gradncp: first-order full-context steps L that make the bootstrap target"""
-    boot_lr: float = 5e-2
-    """gradncp: step size of the bootstrap steps"""
-    boot_weight: float = 100.0
-    """gradncp: weight lambda of ||stopgrad(theta_boot) - theta_K|| in the outer loss"""
-    test_rescale: bool = True
-    """gradncp: rescale test-time gradients to the pruned-gradient norm"""
-
+from ..tasks.base import Batch, Task
+from .context import ContextConfig, ContextPolicy, GradientRescaling
 
 
 @dataclass(frozen=True)
@@ -66,45 +29,57 @@ class TestRule:
     rescale: float = 0.0
     """GradNCP test-time rescaling: keep ratio gamma of the pruned gradient (0: plain steps)"""
 
+    def fit_options(self, task: Task, field: nn.Module) -> dict[str, Any]:
+        """Keyword arguments of :func:`metainr.fit` that apply this rule on ``task``."""
+        transform = GradientRescaling(task, field, self.rescale) if self.rescale else None
+        return {"optimizer": self.optimizer, "lr": self.lrs, "transform": transform}
 
-Context = Union[None, Tensor, Sequence[Tensor]]
-"""Which coordinates an inner loop may see: None (all), one index tensor (M,) shared by the
-meta-batch, or one index tensor per signal. The outer loss always uses every coordinate."""
 
-
-def signal_context(context: Context, b: int) -> Optional[Tensor]:
-    """The context indices of signal ``b`` of a meta-batch (None: all coordinates)."""
-    if context is None or isinstance(context, Tensor):
-        return context
-    return context[b]
+def split_overrides(overrides: dict[str, Any], *classes: type) -> list[dict[str, Any]]:
+    """Keyword arguments split by which config dataclass has a field of that name."""
+    parts: list[dict[str, Any]] = [{} for _ in classes]
+    for key, value in overrides.items():
+        for part, cls in zip(parts, classes):
+            if key in {f.name for f in dataclasses.fields(cls)}:
+                part[key] = value
+                break
+        else:
+            raise TypeError(f"unknown option {key!r} for {', '.join(c.__name__ for c in classes)}")
+    return parts
 
 
 class Learner(nn.Module):
-    """A meta-learner owns the field (whose parameters are the meta-learned init) and its math.
+    """Base of the meta-learners. Subclasses set ``Config`` and implement :meth:`meta_gradient`.
 
-    Subclasses implement :meth:`meta_gradient`; the trainer applies the returned gradients with
-    its outer optimiser. Everything the trainer optimises is ``self.named_parameters()``.
+    ``Learner(field, config=None, context=None, **options)``: options are fields of the learner's
+    config or of :class:`ContextConfig`. Everything the trainer optimises is ``named_parameters()``.
     """
 
-    def __init__(self, field: Field, config: LearnerConfig) -> None:
+    Config: ClassVar[type] = Config
+    name: str = ""
+
+    def __init__(self, field: Field, config: Any = None, context: ContextConfig | None = None,
+                 **options: Any) -> None:
         super().__init__()
-        if config.inner_steps < 0:
-            raise ValueError(f"inner_steps must be >= 0, got {config.inner_steps}")
-        if config.batching not in ("loop", "vmap"):
-            raise ValueError(f"batching must be 'loop' or 'vmap', got {config.batching!r}")
+        own, ctx = split_overrides(options, self.Config, ContextConfig)
+        config = dataclasses.replace(config, **own) if config is not None else self.Config(**own)
+        context = dataclasses.replace(context, **ctx) if context is not None else ContextConfig(**ctx)
         self.field = field
         self.config = config
+        self.context = context
+        self.policy = ContextPolicy(context)
+
+    def spec(self) -> dict[str, Any]:
+        """Registry name + configs: what a checkpoint stores to rebuild this learner."""
+        return {"name": self.name, "config": self.config.to_dict(), "context": self.context.to_dict()}
 
     def init_params(self) -> Params:
         """The meta-learned initialisation (live parameters, differentiable)."""
         return field_params(self.field)
 
-    def signal_init(self, coords: Tensor, values: Tensor) -> Params:
+    def signal_init(self, task: Task, batch: Batch) -> Params:
         """Where fitting of each signal starts: the shared learned init (unbatched) by default;
-        a hypernetwork returns one init per signal (name -> (B, *shape)).
-
-        coords: (N, d); values: (B, N, C). The result is detached, ready for :func:`metainr.fit`.
-        """
+        a hypernetwork returns one init per signal (name -> (B, *shape)). Detached."""
         return {n: p.detach() for n, p in self.init_params().items()}
 
     def inner_lrs(self) -> LearningRates:
@@ -116,16 +91,22 @@ class Learner(nn.Module):
         lrs = self.inner_lrs()
         if not isinstance(lrs, float):
             lrs = {n: t.detach().clone() for n, t in lrs.items()}
-        return TestRule("sgd", lrs)
+        return TestRule("sgd", lrs, self._rescale())
 
-    def meta_gradient(self, coords: Tensor, values: Tensor,
-                      context: Context = None) -> tuple[dict[str, float], dict[str, Tensor]]:
+    def _rescale(self) -> float:
+        return self.context.keep_ratio if self.context.test_rescale else 0.0
+
+    def meta_gradient(self, task: Task, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """One meta-batch -> (stats, gradient for every name in ``named_parameters()``).
 
-        coords: (N, d) shared by the batch; values: (B, N, C); context: the coordinates the
-        inner loop sees (see :data:`Context`), e.g. a few CT views of a dense sinogram.
+        Stats are 0-dim tensors (``"loss"``: the mean outer loss); nothing here syncs with the host.
         """
         raise NotImplementedError
 
     def _zero_grads(self) -> dict[str, Tensor]:
         return {n: torch.zeros_like(p) for n, p in self.named_parameters()}
+
+
+def signal_rows(batch: Batch, b: int) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """(query (N, d), values (N, C), context indices or None) of signal ``b``."""
+    return batch.query_of(b), batch.values[b], batch.context_of(b)

@@ -1,49 +1,22 @@
-"""Meta-SparseINR (Lee et al., NeurIPS 2021): pruning masks as transformations of a field.
+"""Sparse fields (Meta-SparseINR, Lee et al., NeurIPS 2021): pruning masks as transformations of a field.
 
 Masks live in the fields' linear layers (``FieldConfig(sparse=True)``) and multiply the weight in
 every forward pass, so a pruned weight stays zero through inner loops and test-time fitting.
 Pruning is global and unstructured over every weight matrix (first and last included); biases
-are never pruned. :func:`iterative_pruning` runs the paper's schedule around any learner.
+are never pruned. The schedule that alternates pruning and meta-training is a trainer callback
+(:mod:`metainr.train.pruning`).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .config import Config
-from .data import ImageDataset
-from .fields import Field, FieldConfig, Linear, build_field, count_parameters
-from .meta import Learner
-from .train import TrainConfig, meta_train, save_checkpoint
-
-
-@dataclass(frozen=True)
-class PruneConfig(Config):
-    """The iterative pruning schedule."""
-
-    rounds: int = 0
-    """pruning rounds R after dense meta-training (density after R rounds: (1 - fraction)^R)"""
-    fraction: float = 0.2
-    """fraction of the REMAINING weights removed in each round"""
-    steps: int = 200
-    """outer steps of meta-training after each pruning round"""
-    method: str = "magnitude"
-    """magnitude (smallest |w| globally) | random (the paper's baseline)"""
-    seed: int = 0
-    """seed of random pruning"""
-
-    def __post_init__(self) -> None:
-        if self.rounds < 0 or not 0 < self.fraction < 1 or self.steps < 0:
-            raise ValueError(f"need rounds >= 0, 0 < fraction < 1, steps >= 0; got {self.rounds}, {self.fraction}, "
-                             f"{self.steps}")
-        if self.method not in ("magnitude", "random"):
-            raise ValueError(f"prune method must be 'magnitude' or 'random', got {self.method!r}")
+from .config import FieldConfig
+from .linear import Linear
+from .mlp import Field, build_field, count_parameters
 
 
 def named_masked_layers(field: Field) -> list[tuple[str, Linear]]:
@@ -85,7 +58,7 @@ def _prune(field: Field, keep: int, scores: Tensor) -> int:
     n_remove = int(alive.sum()) - keep
     if n_remove <= 0:
         return 0
-    drop = torch.topk(scores.masked_fill(~alive, math.inf), n_remove, largest=False).indices
+    drop = torch.topk(scores.to(alive.device).masked_fill(~alive, math.inf), n_remove, largest=False).indices
     flat = alive.float()
     flat[drop] = 0.0
     with torch.no_grad():
@@ -118,50 +91,3 @@ def narrow_width(config: FieldConfig, target_params: int) -> int:
     while count(width) <= target_params:
         best, width = width, width + 1
     return min((best, width), key=lambda w: abs(count(w) - target_params))
-
-
-RoundCallback = Callable[[int, Learner], None]
-
-
-def iterative_pruning(
-    learner: Learner,
-    dataset: ImageDataset,
-    train: TrainConfig,
-    prune: PruneConfig,
-    *,
-    run_dir: str | Path | None = None,
-    val: ImageDataset | None = None,
-    data: dict | None = None,
-    on_round: RoundCallback | None = None,
-    progress: bool | None = None,
-) -> list[dict]:
-    """Dense meta-training (``train.steps``), then ``prune.rounds`` rounds of pruning
-    ``prune.fraction`` of the remaining weights followed by ``prune.steps`` more outer steps.
-
-    Each round's init is checkpointed as ``round_RR_density_D.safetensors`` in ``run_dir`` and
-    handed to ``on_round(round, learner)``. Returns one record per round (density, params).
-    """
-    masked_layers(learner.field)
-    run = Path(run_dir) if run_dir is not None else None
-    gen = torch.Generator().manual_seed(prune.seed)
-    records = []
-    total = sum(m.mask.numel() for m in masked_layers(learner.field))
-    for r in range(prune.rounds + 1):
-        if r > 0:
-            # the count after r rounds is set from the total, so rounding never accumulates
-            keep = int(round(total * (1.0 - prune.fraction) ** r))
-            if prune.method == "magnitude":
-                magnitude_prune(learner.field, keep=keep)
-            else:
-                random_prune(learner.field, keep=keep, generator=gen)
-        cfg = train if r == 0 else dataclasses.replace(train, steps=prune.steps, seed=train.seed + r)
-        meta_train(learner, dataset, cfg, run_dir=run / f"round_{r:02d}" if run else None, val=val, data=data,
-                   progress=progress)
-        record = {"round": r, "density": density(learner.field), "params": nonzero_parameters(learner.field)}
-        records.append(record)
-        if run is not None:
-            save_checkpoint(run / f"round_{r:02d}_density_{record['density']:.3f}.safetensors", learner, None,
-                            cfg.steps, cfg, data, {"prune": prune.to_dict(), **record})
-        if on_round is not None:
-            on_round(r, learner)
-    return records

@@ -1,0 +1,121 @@
+"""The ``metainr`` command: meta-train, fit, eval, plot, demo, for every task.
+
+Options depend on what is chosen first, so the command line is parsed twice: a first parse reads
+only the verb, ``--task``, ``--learner``, ``--init`` and ``--device`` (a checkpoint given to
+``--init`` names its own task), then the full parser is built for that task (its ``Config``'s
+fields, its preset as defaults) and learner (its config, the context policy, pruning) and parses
+everything. The CLI never branches on a task's name.
+
+User mistakes end with one line on stderr (``metainr: error: ...``) and exit code 1 (2 for bad
+options); never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+import torch
+
+from .. import __version__
+from ..device import resolve_device
+from ..errors import MetaINRError
+from ..meta import learner_names
+from ..tasks import TASKS
+from . import fitting, plots, train
+from .common import DEFAULT_LEARNER, DEFAULT_TASK, Selection, preset
+from .options import Parser, positive_int
+
+log = logging.getLogger("metainr")
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Selection], int]] = {
+    "meta-train": train.run, "fit": fitting.run_fit, "eval": fitting.run_eval, "plot": plots.run_plot,
+    "demo": plots.run_demo,
+}
+"""verb -> command(args, selection) -> exit code"""
+
+
+def _top(parser: argparse.ArgumentParser, threads_type: Callable[[str], object]) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--threads", type=threads_type, default=None, help="torch CPU threads")
+
+
+def _first_parser() -> Parser:
+    """The first parse: the verb and the options every other option depends on; nothing else is
+    checked here (the full parser reports unknown options and --help)."""
+    parser = Parser(prog="metainr", add_help=False)
+    _top(parser, str)
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
+    for verb in COMMANDS:
+        p = sub.add_parser(verb, add_help=False)
+        p.add_argument("--device", default="auto")
+        p.add_argument("--task", choices=sorted(TASKS), default=None)
+        if verb == "meta-train":
+            p.add_argument("--learner", choices=learner_names(), default=None)
+        if verb in ("fit", "eval"):
+            p.add_argument("--init", default=None)
+        if verb == "plot":
+            p.add_argument("run", nargs="?", default=None)
+    return parser
+
+
+def select(argv: list[str]) -> Selection:
+    """The first parse of ``argv`` (see the module docstring); a checkpoint is loaded here, once."""
+    from ..train import load_learner
+
+    first, _ = _first_parser().parse_known_args(argv)
+    sel = Selection(command=first.command)
+    if first.command is None:
+        return sel
+    sel.device = resolve_device(first.device)
+    sel.task = first.task or DEFAULT_TASK
+    if first.command == "meta-train":
+        sel.learner = first.learner or str(preset(sel.task).get("learner", DEFAULT_LEARNER))
+    elif first.command in ("fit", "eval") and first.init not in (None, "random"):
+        sel.loaded = load_learner(first.init, device=sel.device)
+        spec = sel.loaded[1].get("task")
+        if not spec or spec.get("name") not in TASKS:
+            raise MetaINRError(f"{first.init} names no known task (a checkpoint of an older metainr?)")
+        if first.task and first.task != spec["name"]:
+            raise MetaINRError(f"{first.init} was trained on task '{spec['name']}'; --task only applies to --init "
+                               "random")
+        sel.task = spec["name"]
+    elif first.command == "plot" and first.run:
+        sel.task = plots.run_task(first.run) or sel.task
+    return sel
+
+
+def build_parser(sel: Selection | None = None) -> Parser:
+    """The full parser of the ``metainr`` command, with options generated for the selection."""
+    sel = sel or Selection()
+    parser = Parser(prog="metainr", description="Meta-learned neural fields: one command line for every task "
+                    f"(--task {'|'.join(sorted(TASKS))}).")
+    parser.add_argument("--version", action="version", version=f"metainr {__version__}")
+    _top(parser, positive_int)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    train.add_parser(sub, sel)
+    fitting.add_parsers(sub, sel)
+    plots.add_parsers(sub, sel)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``metainr`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        sel = select(argv)
+        args = build_parser(sel).parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return COMMANDS[args.command](args, sel)
+    except MetaINRError as exc:
+        print(f"metainr: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("metainr: interrupted (the last checkpoint is kept)", file=sys.stderr)
+        return 130
+
+
+__all__ = ["COMMANDS", "build_parser", "main", "select"]

@@ -1,0 +1,213 @@
+"""What the verbs share: the selection parsed first (task, learner, checkpoint, device), user
+errors, tasks settled on their data, and where a test-time fit starts (init + rule + steps).
+
+Nothing here knows a task by name: options come from ``metainr.tasks.TASKS`` and each task's
+``Config``; defaults from its ``preset`` (see :class:`metainr.tasks.Task`).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import MetaINRError
+from ..fields import FIELDS, FieldConfig, build_field
+from ..meta import Learner, TestRule
+from ..tasks import TASKS, Batch, Task, build_task
+from .options import add_config_args, config_from_args, given_options
+
+DEFAULT_TASK = "image"
+DEFAULT_LEARNER = "maml"
+DEFAULT_DATA = "faces"
+RANDOM_RULE = ("adam", 1e-3, 500)
+"""optimizer, lr, steps of a fit from a random init, unless the task's preset says otherwise"""
+FIELD_OPTIONS = dict(rename={"kind": "field", "seed": "field-seed"}, skip=("in_dim", "out_dim"),
+                     choices={"kind": sorted(FIELDS)})
+
+
+@dataclass
+class Selection:
+    """What the first parse read (the options every other option depends on)."""
+
+    command: str | None = None
+    task: str = DEFAULT_TASK
+    """registry name of the task (for fit / eval / plot from a checkpoint: the checkpoint's)"""
+    learner: str = DEFAULT_LEARNER
+    """meta-train: the learner or preset name (default: the task's preset, else maml)"""
+    device: torch.device | None = None
+    loaded: tuple[Learner, dict] | None = None
+    """fit / eval from a checkpoint: (learner on ``device``, its metadata)"""
+
+
+@contextlib.contextmanager
+def user_errors(prefix: str = "") -> Iterator[None]:
+    """Turn the ValueErrors of configs, tasks and data (bad values a user gave) into MetaINRError."""
+    try:
+        yield
+    except (ValueError, NotImplementedError) as exc:
+        raise MetaINRError(f"{prefix}{exc}") from None
+
+
+def preset(task: str | Task) -> Mapping[str, Any]:
+    """The task's preset (defaults a CLI applies before the user's options)."""
+    cls = TASKS[task] if isinstance(task, str) else type(task)
+    return cls.preset or {}
+
+
+def default_data(task: str | Task) -> str:
+    """The dataset a verb uses when ``--data`` is not given."""
+    return str(preset(task).get("data", DEFAULT_DATA))
+
+
+def add_device(parser: argparse.ArgumentParser, taken: set[str]) -> None:
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto, CUDA when "
+                        "available)")
+    taken.add("device")
+
+
+def add_task_args(parser: argparse.ArgumentParser, task: str, taken: set[str], base: Any = None) -> None:
+    """The chosen task's config fields as options (a name another group took becomes --task-NAME)."""
+    cls = TASKS[task]
+    add_config_args(parser, cls.Config, "task", base=base, taken=taken, title=f"task '{task}'")
+
+
+def add_field_args(parser: argparse.ArgumentParser, task: str, taken: set[str], title: str = "field") -> None:
+    add_config_args(parser, FieldConfig, "field", base={**FieldConfig().to_dict(), **preset(task).get("field", {})},
+                    taken=taken, title=title, **FIELD_OPTIONS)  # type: ignore[arg-type]
+
+
+def given_task_options(args: argparse.Namespace, task: str) -> dict[str, Any]:
+    return given_options(args, TASKS[task].Config, "task")
+
+
+def settle(task: Task, batch: Batch) -> Task:
+    """The task with what its config leaves to the data (0: "those of the data") fixed from a batch
+    of its signals: ``channels`` from the observations, ``resolution`` from a square reference, so
+    the field's ``out_dim`` is the data's and a checkpoint records what it was trained on."""
+    names = {f.name for f in dataclasses.fields(task.config)}
+    fixes: dict[str, Any] = {}
+    if "channels" in names and not task.config.channels:
+        fixes["channels"] = int(batch.values.shape[-1])
+    ref = batch.reference
+    if "resolution" in names and not task.config.resolution and ref is not None and ref.dim() >= 3 \
+            and ref.shape[1] == ref.shape[2]:
+        fixes["resolution"] = int(ref.shape[1])
+    if not fixes:
+        return task
+    with user_errors():
+        return build_task(task.spec(), **fixes)
+
+
+def first_batch(task: Task, signals: Any) -> Batch:
+    """The batch of the first signal of ``signals`` (what settles a task and sizes tokens)."""
+    with user_errors():
+        return task.batch(signals[:1])
+
+
+def field_config(args: argparse.Namespace, task: Task, **fixed: Any) -> FieldConfig:
+    """The field: the task's preset, then the options given; in/out dims from the task."""
+    with user_errors():
+        return config_from_args(args, FieldConfig, "field", preset(task).get("field", {}), in_dim=task.in_dim,
+                                out_dim=task.out_dim, **fixed)
+
+
+def chosen_task(args: argparse.Namespace, sel: Selection) -> Task:
+    """The task of a fit: the checkpoint's (``--init CKPT``) or ``--task``'s (random), with the
+    task options given on top."""
+    given = given_task_options(args, sel.task)
+    if sel.loaded is None:
+        with user_errors():
+            return build_task(sel.task, **given)
+    _, meta = sel.loaded
+    with user_errors(f"{args.init}: "):
+        return build_task(meta["task"], **given)
+
+
+def random_rule(task: Task) -> tuple[str, float, int]:
+    """(optimizer, lr, steps) of a fit from a random init."""
+    rule = preset(task).get("random")
+    if not rule:
+        return RANDOM_RULE
+    if isinstance(rule, Mapping):
+        return (str(rule.get("optimizer", RANDOM_RULE[0])), float(rule.get("lr", RANDOM_RULE[1])),
+                int(rule.get("steps", RANDOM_RULE[2])))
+    optimizer, lr, steps = rule
+    return str(optimizer), float(lr), int(steps)
+
+
+@dataclass
+class Start:
+    """Where fitting starts: a checkpoint's learner, or a random init of a field."""
+
+    task: Task
+    field: nn.Module
+    rule: TestRule
+    default_steps: int
+    learner: Learner | None = None
+
+    def init(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Initial params for the signals of ``batch`` (shared, or one set per signal)."""
+        if self.learner is None:
+            return {n: p.detach() for n, p in self.field.named_parameters()}
+        with torch.no_grad(), user_errors():
+            return self.learner.signal_init(self.task, batch)
+
+
+def start_of(args: argparse.Namespace, sel: Selection, task: Task) -> Start:
+    """The field, init, default rule and steps that ``--init`` names (a checkpoint was read once)."""
+    if sel.loaded is None:
+        with user_errors():
+            field = build_field(field_config(args, task)).to(sel.device)
+        optimizer, lr, steps = random_rule(task)
+        return Start(task, field, TestRule(optimizer, lr), steps)  # type: ignore[arg-type]
+    if given_options(args, FieldConfig, "field"):
+        raise MetaINRError("field options only apply to --init random; a checkpoint carries its own architecture")
+    learner, meta = sel.loaded
+    cfg = learner.field.config
+    if (cfg.in_dim, cfg.out_dim) != (task.in_dim, task.out_dim):
+        raise MetaINRError(f"{args.init} holds a field with {cfg.in_dim}-d inputs and {cfg.out_dim} channels, but the "
+                           f"task needs {task.in_dim}-d inputs and {task.out_dim} channels")
+    # the longer of the learner's inner loop and the run's validation fits
+    eval_steps = int((meta.get("train") or {}).get("eval_steps") or 0)
+    steps = max(int(getattr(learner.config, "inner_steps", 0)), eval_steps, 2)
+    return Start(task, learner.field, learner.test_rule(), steps, learner)
+
+
+def test_rule(args: argparse.Namespace, default: TestRule) -> TestRule:
+    """The default rule with --optimizer / --lr / --rescale applied."""
+    optimizer = args.optimizer or default.optimizer
+    rescale = default.rescale if args.rescale is None else args.rescale
+    if not 0 <= rescale <= 1:
+        raise MetaINRError(f"--rescale must be a keep ratio in [0, 1], got {rescale}")
+    if args.lr is not None:
+        if args.lr <= 0:
+            raise MetaINRError(f"--lr must be positive, got {args.lr}")
+        return TestRule(optimizer, args.lr, rescale)
+    if optimizer != default.optimizer:
+        return TestRule(optimizer, 1e-3 if optimizer == "adam" else 1e-2, rescale)
+    return TestRule(default.optimizer, default.lrs, rescale)
+
+
+def add_rule_args(parser: argparse.ArgumentParser, taken: set[str]) -> None:
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
+                        help="default: the learner's test rule for a checkpoint, the task's (adam) for random")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="step size (default: the learned one; the task's, 1e-3, for adam from random)")
+    parser.add_argument("--rescale", type=float, default=None, metavar="GAMMA",
+                        help="GradNCP test-time gradient rescaling with keep ratio GAMMA, 0 = plain steps "
+                             "(default: the learner's rule)")
+    taken.update({"optimizer", "lr", "rescale"})
+
+
+def run_checkpoint(run: str | Path) -> Path:
+    """best.safetensors, else checkpoint.safetensors, of a run directory."""
+    for name in ("best.safetensors", "checkpoint.safetensors"):
+        if (Path(run) / name).is_file():
+            return Path(run) / name
+    raise MetaINRError(f"no best.safetensors or checkpoint.safetensors in {run}")

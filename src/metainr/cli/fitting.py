@@ -1,0 +1,146 @@
+"""``metainr fit`` (one file) and ``metainr eval`` (a dataset split): test-time fitting from a
+checkpoint (whose metadata names its task) or from a random init of ``--task``'s field."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import MetaINRError
+from ..fit import fit
+from ..functional import field_function
+from ..metrics import mean_psnr
+from ..tasks import TASKS
+from .common import (Selection, add_device, add_field_args, add_rule_args, add_task_args, chosen_task, default_data,
+                     first_batch, settle, start_of, test_rule, user_errors)
+from .options import step_list
+
+INIT_HELP = "a checkpoint (.safetensors; its task comes with it) or 'random' (a field of --task's preset)"
+
+
+def _common(p: argparse.ArgumentParser, sel: Selection, taken: set[str]) -> None:
+    p.add_argument("--init", required=True, help=INIT_HELP)
+    p.add_argument("--task", choices=sorted(TASKS), default=None,
+                   help="signal type of a random init (default: image; a checkpoint's own otherwise)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    taken.update({"init", "task", "json"})
+    add_rule_args(p, taken)
+    add_device(p, taken)
+    add_field_args(p, sel.task, taken, title="field (--init random only)")
+    add_task_args(p, sel.task, taken)
+
+
+def add_parsers(sub: argparse._SubParsersAction, sel: Selection) -> None:
+    p = sub.add_parser("fit", help="fit one signal's file from a learned or a random init",
+                       description=f"Fit one file of task '{sel.task}' (the options below depend on --init / --task).")
+    p.add_argument("file", help="the signal's file, as the task reads it (an image; a sinogram .npy for ct)")
+    p.add_argument("--reference", default=None,
+                   help="a file of the true signal for the metrics, where the observations are not the signal")
+    p.add_argument("--steps", type=int, default=None, help="fitting steps (default: the checkpoint's inner or "
+                   "validation steps, whichever is longer; the task's for random, 500)")
+    p.add_argument("--out", default=None, help="reconstruction (default: FILE.recon.png beside it)")
+    p.add_argument("--save-field", default=None, help="also save the fitted field (.safetensors)")
+    p.add_argument("--compact", action="store_true",
+                   help="save a sparse field as alive weights + packed mask (with --save-field)")
+    taken = {"reference", "steps", "out", "save-field", "compact"}
+    _common(p, sel, taken)
+
+    p = sub.add_parser("eval", help="held-out metrics after fitting a dataset split",
+                       description=f"Fit every signal of a split (task '{sel.task}') and report mean metrics.")
+    p.add_argument("--data", default=None, help=f"a dataset name or a folder (default: {default_data(sel.task)})")
+    p.add_argument("--split", default="test", help="split of a named dataset (default: test)")
+    p.add_argument("--steps", type=step_list, default=[0, 1, 2, 5, 10], help="comma-separated step counts "
+                   "(default: 0,1,2,5,10)")
+    _common(p, sel, {"data", "split", "steps"})
+
+
+def run_fit(args: argparse.Namespace, sel: Selection) -> int:
+    from ..store import save_tensors
+
+    if args.steps is not None and args.steps < 0:
+        raise MetaINRError(f"--steps must be >= 0, got {args.steps}")
+    task = chosen_task(args, sel)
+    with user_errors():
+        task = task.for_file(args.file)  # a task whose geometry a file fixes (e.g. a scan's detectors)
+        batch = task.read(args.file, args.reference)
+    if sel.loaded is None:
+        task = settle(task, batch)
+    start = start_of(args, sel, task)
+    field = start.field
+    if args.compact and not (args.save_field and field.config.sparse):
+        raise MetaINRError("--compact needs --save-field PATH and a sparse field (a checkpoint from --prune-rounds)")
+    rule = test_rule(args, start.rule)
+    steps = start.default_steps if args.steps is None else args.steps
+    batch = batch.to(sel.device)
+    result = fit(task, field, start.init(batch), batch, steps, record=list(range(steps + 1)), metrics=("psnr", "ssim"),
+                 **rule.fit_options(task, field))
+    with torch.no_grad():
+        recon = task.reconstruct(field_function(field), result.params, batch)
+    out = Path(args.out) if args.out else Path(args.file).with_suffix(".recon.png")
+    with user_errors():
+        written = [str(p) for p in task.write(out, recon[0].cpu())] or [str(out)]
+    psnr = result.metrics.get("psnr")  # none where the task has nothing to compare with (no --reference)
+    report = {"file": str(args.file), "task": task.name, "init": args.init, "optimizer": rule.optimizer,
+              "steps": result.steps, "psnr": [] if psnr is None else [round(float(v), 4) for v in psnr[0]],
+              "final_psnr": _final(psnr), "final_ssim": _final(result.metrics.get("ssim")),
+              "output": written[0], "outputs": written}
+    if args.save_field:
+        one = {n: p[0].detach().cpu() for n, p in result.params.items()}
+        if args.compact:
+            from ..compact import export_compact
+
+            saved = export_compact(args.save_field, field.cpu(), one)
+        else:
+            save_tensors(args.save_field, one, {"field": field.config.to_dict(), "task": task.spec(),
+                                                "file": str(args.file), "steps": steps})
+            saved = Path(args.save_field).stat().st_size
+        report.update(field_file=args.save_field, field_bytes=saved,
+                      bits_per_value=8 * saved / batch.values[0].numel())
+    if args.json:
+        print(json.dumps(report))
+    else:
+        final_psnr, ssim = report["final_psnr"], report["final_ssim"]
+        print(f"{args.file}: {steps} steps" + (f" -> PSNR {final_psnr:.2f} dB" if final_psnr is not None else "")
+              + (f", SSIM {ssim:.4f}" if ssim is not None else "") + f"; wrote {', '.join(written)}")
+    return 0
+
+
+def _final(curve: torch.Tensor | None) -> float | None:
+    """The mean over signals of a (B, len(steps)) metric at the last step (None when not recorded)."""
+    return None if curve is None else float(curve[:, -1].mean())
+
+
+def run_eval(args: argparse.Namespace, sel: Selection) -> int:
+    task = chosen_task(args, sel)
+    source = args.data or default_data(task)
+    with user_errors():
+        signals = task.load(source, args.split)
+    if sel.loaded is None:
+        task = settle(task, first_batch(task, signals))
+    start = start_of(args, sel, task)
+    rule = test_rule(args, start.rule)
+    with user_errors():
+        batches = task.validation_batches(signals)  # what validation fits: e.g. CT scans of a few views
+    psnr, ssim = [], []
+    for batch in batches:
+        batch = batch.to(sel.device)
+        result = fit(task, start.field, start.init(batch), batch, max(args.steps), record=args.steps,
+                     metrics=("psnr", "ssim"), **rule.fit_options(task, start.field))
+        psnr.append([mean_psnr(result.psnr[:, i]) for i in range(len(result.steps))])
+        ssim.append(_final(result.metrics.get("ssim")))
+    report = {"init": args.init, "task": task.spec(), "data": source, "split": args.split, "signals": len(signals),
+              "fits_per_signal": len(batches), "optimizer": rule.optimizer, "steps": args.steps,
+              "psnr": [round(sum(col) / len(col), 4) for col in zip(*psnr)],
+              "final_ssim": None if None in ssim else sum(ssim) / len(ssim)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{len(signals)} {source}/{args.split} signals ({task.name}, {len(batches)} fit(s) each), "
+              f"{rule.optimizer}:")
+        for s, v in zip(report["steps"], report["psnr"]):
+            print(f"  step {s:>5}: PSNR {v:6.2f} dB")
+        if report["final_ssim"] is not None:
+            print(f"  final SSIM {report['final_ssim']:.4f}")
+    return 0

@@ -1,0 +1,215 @@
+"""The Task protocol: what one kind of signal means to learners, ``fit`` and the trainer.
+
+A task says, for a batch of B signals, where the field is queried, what was observed there and
+how observations arise from field values: ``observe(field_fn, params, query) -> predictions``,
+a plain function of the caller's field function (identity for images, line integrals for CT,
+volume rendering for views). It also owns the per-observation loss, per-signal metrics, how an
+inner loop's context is drawn, and reading and writing its files. Learners, ``fit`` and the
+trainer only ever talk to a task through this protocol.
+
+Query row ``i`` produces observation ``i``: a context (a subset of observations) is therefore a
+subset of query rows, whatever the forward model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from ..config import Config
+from ..functional import FieldFn, coordinate_chunks
+from ..metrics import psnr
+
+Context = Union[None, Tensor, Sequence[Tensor]]
+"""Which observations an inner loop may see: None (all), one index tensor (M,) shared by the
+batch, or one index tensor per signal. Outer losses and metrics always use every observation."""
+
+
+@dataclass
+class Batch:
+    """B signals as a task presents them: query rows, the observation of each, an inner-loop context."""
+
+    query: Tensor
+    """(N, d) shared by the batch, or (B, N, d) one set per signal (e.g. rays of posed views)"""
+    values: Tensor
+    """(B, N, C) observations; row i is observed through query row i"""
+    context: Context = None
+    """the observations inner loops may see (see :data:`Context`)"""
+    reference: Tensor | None = None
+    """(B, ...) what metrics compare with when it is not the observations (e.g. CT images)"""
+
+    def __post_init__(self) -> None:
+        if self.values.dim() != 3:
+            raise ValueError(f"batch values must be (B, N, C), got {tuple(self.values.shape)}")
+        rows = self.query.shape[-2]
+        if rows != self.values.shape[1] or (self.per_signal_query and self.query.shape[0] != len(self)):
+            raise ValueError(f"query {tuple(self.query.shape)} does not match values {tuple(self.values.shape)}")
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def per_signal_query(self) -> bool:
+        """True when every signal has its own query rows (B, N, d)."""
+        return self.query.dim() == 3
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def query_of(self, b: int) -> Tensor:
+        """(N, d) query rows of signal ``b``."""
+        return self.query[b] if self.per_signal_query else self.query
+
+    def context_of(self, b: int) -> Tensor | None:
+        """Context indices of signal ``b`` (None: all observations)."""
+        if self.context is None or isinstance(self.context, Tensor):
+            return self.context
+        return self.context[b]
+
+    def signals(self, index: slice) -> "Batch":
+        """The signals ``index`` (a slice) of this batch."""
+        ctx = self.context if self.context is None or isinstance(self.context, Tensor) else self.context[index]
+        return Batch(self.query[index] if self.per_signal_query else self.query, self.values[index], ctx,
+                     None if self.reference is None else self.reference[index])
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """The same batch on ``device``."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        ctx = self.context
+        ctx = move(ctx) if ctx is None or isinstance(ctx, Tensor) else [c.to(device) for c in ctx]
+        return Batch(self.query.to(device), self.values.to(device), ctx, move(self.reference))
+
+
+class Task:
+    """One kind of signal. Subclasses set ``name`` and ``Config`` and override what differs.
+
+    Defaults describe a signal observed directly (the identity forward model), scored by the
+    mean squared error and by PSNR of the observations against a data range of 1.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = Config
+
+    def __init__(self, config: Any = None, **overrides: Any) -> None:
+        if config is None:
+            config = self.Config(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        self.config = config
+
+    # -- the field it needs ------------------------------------------------------------------
+    @property
+    def in_dim(self) -> int:
+        """Coordinate dimension of the field this task observes."""
+        raise NotImplementedError
+
+    @property
+    def out_dim(self) -> int:
+        """Value channels of the field this task observes."""
+        raise NotImplementedError
+
+    # -- the forward model, loss and metrics -----------------------------------------------------
+    def observe(self, field_fn: FieldFn, params: Mapping[str, Tensor], query: Tensor) -> Tensor:
+        """Predictions of ONE signal's observations: query (M, d) -> (M, C)."""
+        return field_fn(params, query)
+
+    def errors(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Per-observation loss (M,) of predictions (M, C) against observations (M, C)."""
+        return (pred - target).pow(2).mean(dim=-1)
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        """The loss of ONE signal: the mean of :meth:`errors` (so chunks of rows add up exactly)."""
+        return self.errors(pred, target).mean()
+
+    def metrics(self, field_fn: FieldFn, params: Mapping[str, Tensor], batch: Batch,
+                names: Sequence[str] = ("psnr",)) -> dict[str, Tensor]:
+        """Per-signal metrics, name -> (B,), of params name -> (B, *shape) on ``batch``."""
+        pred = observe_batch(self, field_fn, params, batch)
+        return {"psnr": psnr(pred, batch.values)} if "psnr" in names else {}
+
+    def reconstruct(self, field_fn: FieldFn, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """The signals the params describe, in the task's natural layout (B, ...)."""
+        return observe_batch(self, field_fn, params, batch)
+
+    # -- data -------------------------------------------------------------------------------------
+    def batch(self, signals: Any) -> Batch:
+        """Every observation of ``signals`` (what a test-time fit sees)."""
+        raise NotImplementedError
+
+    def train_batch(self, signals: Any, generator: torch.Generator) -> Batch:
+        """A meta-training batch: like :meth:`batch`, with the inner loops' context drawn from
+        ``generator`` (e.g. a few random CT views per signal). Default: every observation."""
+        return self.batch(signals)
+
+    def validation_batches(self, signals: Any) -> list[Batch]:
+        """The fits that validation averages over (default: one full batch)."""
+        return [self.batch(signals)]
+
+    def load(self, source: str, split: str) -> Any:
+        """Signals of a named dataset or a user folder, for meta-training or evaluation."""
+        raise NotImplementedError(f"task {self.name!r} cannot load datasets")
+
+    def read(self, path: str | Path, reference: str | Path | None = None) -> Batch:
+        """One signal from a user's file, as a batch of one; ``reference``: a file holding the true
+        signal that metrics compare with, where the observations are not the signal itself."""
+        raise NotImplementedError(f"task {self.name!r} cannot read files")
+
+    def for_file(self, path: str | Path) -> "Task":
+        """This task as it must be to :meth:`read` ``path`` (e.g. CT at the file's detector count)."""
+        return self
+
+    def write(self, path: str | Path, signal: Tensor) -> list[Path]:
+        """Write one reconstructed signal (from :meth:`reconstruct`); returns the files written."""
+        raise NotImplementedError(f"task {self.name!r} cannot write files")
+
+    def tokens(self, batch: Batch) -> Tensor:
+        """(B, T, F) input tokens of a hypernetwork (TransINR) for the batch's signals."""
+        raise NotImplementedError(f"task {self.name!r} has no tokenizer for a hypernetwork")
+
+    preset: ClassVar[dict[str, Any]] = {}
+    """Defaults a CLI applies for this task before the user's options: ``field`` (FieldConfig
+    fields), ``learner`` (a name), ``learner_options``, ``train`` (TrainConfig fields), ``random``
+    (optimizer, lr, steps of a random-init fit), ``data`` (the default dataset name)."""
+
+    def spec(self) -> dict[str, Any]:
+        """Name + config: what a checkpoint stores to rebuild this task."""
+        return {"name": self.name, **self.config.to_dict()}
+
+
+def observe_batch(task: Task, field_fn: FieldFn, params: Mapping[str, Tensor], batch: Batch,
+                  chunk_rows: int = 16384) -> Tensor:
+    """Predictions (B, N, C) of every signal's observations, params name -> (B, *shape), swept
+    over query rows in chunks of ``chunk_rows`` so memory stays bounded."""
+    q_dim = 0 if batch.per_signal_query else None
+    observe = torch.vmap(lambda p, q: task.observe(field_fn, p, q), in_dims=(0, q_dim))
+    n = batch.query.shape[-2]
+    parts = [observe(dict(params), batch.query[..., rows, :]) for rows in coordinate_chunks(n, chunk_rows)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make a task available by its ``name`` (CLI ``--task``, checkpoints)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a name to be registered")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def build_task(spec: str | Mapping[str, Any], **overrides: Any) -> Task:
+    """A task from its name (default config + ``overrides``) or from a checkpoint's spec dict."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
+    cls = TASKS[name]
+    return cls(cls.Config.from_dict({**spec, **overrides}))

@@ -1,0 +1,253 @@
+"""The outer loop: optimiser, schedule, devices, checkpoints, validation, logging, resume, callbacks.
+
+Learners only return gradients (:meth:`Learner.meta_gradient`) and tasks only make batches; this
+module owns everything else. A run directory holds ``checkpoint.safetensors`` (latest),
+``best.safetensors`` (best validation PSNR), ``config.json`` and ``metrics.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..device import resolve_device
+from ..errors import CheckpointMismatch, MetaINRError, TrainingDiverged
+from ..fit import fit
+from ..meta import Learner
+from ..metrics import mean_psnr
+from ..store import atomic_write_bytes, atomic_write_json, load_tensors
+from ..tasks import Task
+from .checkpoint import restore, save_checkpoint
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> Tensor:
+    """The meta-batch of step ``step``: a pure function of (seed, step), so resume is exact."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randperm(n, generator=g)[: min(batch_size, n)]
+
+
+def context_generator(seed: int, step: int) -> torch.Generator:
+    """The random source of the inner-loop contexts a task draws at ``step`` (exact resume)."""
+    return torch.Generator().manual_seed(seed * 7_368_787 + step)
+
+
+def _lr_at(config: TrainConfig, step: int) -> float:
+    if config.schedule == "cosine":
+        return config.outer_lr * 0.5 * (1 + math.cos(math.pi * step / max(config.steps, 1)))
+    return config.outer_lr
+
+
+def validate(learner: Learner, task: Task, signals: Any, steps: int, device: torch.device | None = None) -> float:
+    """Mean held-out PSNR (the task's metric) after ``steps`` test-time steps from the learner's
+    init, averaged over the task's validation batches."""
+    device = device or next(learner.parameters()).device
+    rule = learner.test_rule()
+    scores = []
+    for batch in task.validation_batches(signals):
+        batch = batch.to(device)
+        init = learner.signal_init(task, batch)
+        result = fit(task, learner.field, init, batch, steps, **rule.fit_options(task, learner.field))
+        scores.append(mean_psnr(result.psnr[:, -1]))
+    return sum(scores) / len(scores)
+
+
+@dataclass
+class RunState:
+    """What callbacks see and may change: the learner, its optimiser, the step, the best init."""
+
+    learner: Learner
+    task: Task
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    run: Path | None
+    info: dict | None
+    step: int = 0
+    best: tuple[float, int] = (-math.inf, 0)
+    best_state: dict[str, Tensor] | None = None
+    records: list[dict] = field(default_factory=list)
+
+    def restore_best(self) -> None:
+        """Load the best validated init seen so far (if any) into the learner."""
+        if self.best_state is not None:
+            self.learner.load_state_dict(self.best_state)
+
+    def reset_best(self) -> None:
+        """Forget the best init (e.g. after the architecture's mask changed)."""
+        self.best, self.best_state = (-math.inf, 0), None
+
+
+class Callback:
+    """Hooks into the outer loop; subclasses override what they need (both default to nothing)."""
+
+    def on_start(self, state: RunState) -> None:
+        """Before the first step of this call (``state.step`` is 0, or the resumed step)."""
+
+    def on_step(self, state: RunState) -> None:
+        """After every outer step (after validation, before the checkpoint is written)."""
+
+
+def meta_train(
+    learner: Learner,
+    task: Task,
+    data: Any,
+    config: TrainConfig = TrainConfig(),
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    val: Any = None,
+    info: dict | None = None,
+    callbacks: Sequence[Callback] = (),
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+    max_seconds: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Tensor]:
+    """Meta-train ``learner`` on ``task``'s signals ``data``; returns the learned init (name -> tensor).
+
+    ``data`` (and ``val``) are whatever the task's batches are made from (``len`` and indexing by
+    an index tensor), e.g. a tensor with one signal per row. Each step draws a meta-batch
+    and the task's inner-loop contexts from (seed, step). With ``run_dir`` it writes checkpoints,
+    ``config.json`` and ``metrics.jsonl`` there; ``resume=True`` continues from its checkpoint with
+    the same optimiser state and data order, ending with the same params as an uninterrupted run.
+    A non-finite loss stops training with :class:`TrainingDiverged` and leaves the last good
+    checkpoint in place. ``max_seconds`` ends training early (with a checkpoint) once that much
+    time has passed on ``clock``. With validation (``val`` and ``eval_every``) the best init is
+    kept and returned. ``device``: auto | cpu | cuda[:i] (default: where the learner is).
+    """
+    device = resolve_device(device) if device is not None else next(learner.parameters()).device
+    learner.to(device)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=config.outer_lr)
+    run = Path(run_dir) if run_dir is not None else None
+    ckpt = run / "checkpoint.safetensors" if run else None
+    state = RunState(learner, task, optimizer, config, run, info)
+    if resume:
+        if ckpt is None or not ckpt.is_file():
+            raise MetaINRError(f"nothing to resume: no checkpoint in {run}")
+        tensors, meta = load_tensors(ckpt)
+        _check_same_setup(meta, learner, task, config, ckpt)
+        restore(learner, optimizer, tensors, str(ckpt))
+        state.step = int(meta["step"])
+        state.best = (meta.get("best_psnr", -math.inf), meta.get("best_step", 0))
+        _truncate_log(run / "metrics.jsonl", state.step)
+    if run is not None:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run / "config.json", {"task": task.spec(), "field": learner.field.config.to_dict(),
+                                                "learner": learner.spec(), "train": config.to_dict(), "data": info})
+    show = sys.stderr.isatty() if progress is None else progress
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.steps, initial=state.step, disable=not show, desc=f"meta-train {learner.name}",
+               dynamic_ncols=True)
+    t0, evals_without_gain = clock(), 0
+    params = list(learner.parameters())
+    for callback in callbacks:
+        callback.on_start(state)
+    try:
+        for step in range(state.step, config.steps):
+            tic = time.perf_counter()
+            idx = batch_indices(len(data), config.batch_size, config.seed, step)
+            batch = task.train_batch(data[idx], context_generator(config.seed, step)).to(device)
+            stats, grads = learner.meta_gradient(task, batch)
+            for p, (name, _) in zip(params, learner.named_parameters()):
+                p.grad = grads[name]
+            norm = float(torch.nn.utils.clip_grad_norm_(params, config.clip if config.clip > 0 else math.inf))
+            loss = float(stats["loss"])
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                good = f"{ckpt} (step {_ckpt_step(ckpt)})" if ckpt is not None and ckpt.is_file() else "none written"
+                raise TrainingDiverged(f"training diverged at outer step {step + 1}: outer loss {loss}, gradient "
+                                       f"norm {norm}; last good checkpoint: {good}")
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(config, step)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = state.step = step + 1
+            record = {"step": done, "loss": loss, "grad_norm": norm, "lr": _lr_at(config, step),
+                      "seconds": time.perf_counter() - tic}
+            if val is not None and config.eval_every and done % config.eval_every == 0:
+                record["val_psnr"] = validate(learner, task, val, config.eval_steps, device)
+                if record["val_psnr"] > state.best[0]:
+                    state.best, evals_without_gain = (record["val_psnr"], done), 0
+                    state.best_state = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+                    if run is not None:
+                        save_checkpoint(run / "best.safetensors", learner, None, done, task, config, info,
+                                        {"best_psnr": state.best[0], "best_step": done})
+                else:
+                    evals_without_gain += 1
+                log.info("step %d/%d: loss %.3e, validation PSNR %.2f dB (best %.2f at step %d)", done,
+                         config.steps, loss, record["val_psnr"], state.best[0], state.best[1])
+            state.records.append(record)
+            if run is not None and (done % config.log_every == 0 or "val_psnr" in record or done == config.steps):
+                _append_jsonl(run / "metrics.jsonl", record)
+            for callback in callbacks:
+                callback.on_step(state)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.2e}", **({"val": f"{record['val_psnr']:.2f}dB"} if "val_psnr" in record
+                                                  else {}))
+            out_of_time = max_seconds is not None and clock() - t0 > max_seconds
+            patience_over = config.patience and evals_without_gain >= config.patience
+            if ckpt is not None and (done % config.checkpoint_every == 0 or done == config.steps or out_of_time
+                                     or patience_over):
+                save_checkpoint(ckpt, learner, optimizer, done, task, config, info,
+                                {"best_psnr": state.best[0], "best_step": state.best[1]})
+            if out_of_time or patience_over:
+                log.info("stopping at step %d (%s)", done, "time budget" if out_of_time else "no validation gain")
+                break
+    finally:
+        bar.close()
+    state.restore_best()
+    return {n: p.detach().clone() for n, p in learner.init_params().items()}
+
+
+def _ckpt_step(path: Path) -> int:
+    return int(load_tensors(path)[1]["step"])
+
+
+def _check_same_setup(meta: dict, learner: Learner, task: Task, config: TrainConfig, path: Path) -> None:
+    # through JSON, as the checkpoint stored them (tuples become lists)
+    mine_all = json.loads(json.dumps({"task": task.spec(), "field": learner.field.config.to_dict(),
+                                      "learner": learner.spec()}))
+    for key, mine in mine_all.items():
+        theirs = meta.get(key) or {}
+        if key == "learner":  # compare the nested configs field by field
+            mine = {**mine["config"], **{f"context.{k}": v for k, v in mine["context"].items()}, "name": mine["name"]}
+            theirs = {**theirs.get("config", {}), **{f"context.{k}": v for k, v in theirs.get("context", {}).items()},
+                      "name": theirs.get("name")}
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            k = diff[0]
+            raise CheckpointMismatch(
+                f"cannot resume {path}: its {key} has {k}={theirs.get(k)!r} but this run has {k}={mine.get(k)!r}")
+    theirs = meta.get("train") or {}
+    for k in ("batch_size", "seed", "outer_lr", "schedule", "clip"):
+        if theirs.get(k) != getattr(config, k):
+            raise CheckpointMismatch(
+                f"cannot resume {path}: it was trained with {k}={theirs.get(k)!r}, this run has {getattr(config, k)!r}")
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Records of a ``metrics.jsonl`` file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

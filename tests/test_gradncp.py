@@ -9,7 +9,7 @@ from metainr import FieldConfig, ImageTask, MAML, Siren, TrainConfig, build_fiel
 from metainr import mean_psnr, meta_train
 from metainr.functional import field_params, predict, predict_with_features
 from metainr.meta import GradientRescaling, GradNCP, select_context
-from metainr.meta.context import ContextConfig, bootstrap_correction, closed_form_scores, general_scores, kept_count
+from metainr.meta.context import bootstrap_correction, closed_form_scores, general_scores, kept_count
 from metainr.tasks import Batch
 
 TASK = ImageTask()

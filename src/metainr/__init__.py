@@ -8,7 +8,7 @@ from .fit import FitResult, fit
 from .meta import (FOMAML, GRADNCP, MAML, ContextConfig, GradNCP, GradientRescaling, Learner, MAMLConfig, MetaSGD,
                    Reptile, ReptileConfig, TestRule, TransINR, TransINRConfig, build_learner, context_scores)
 from .metrics import mean_psnr, psnr, ssim
-from .tasks import TASKS, Batch, ImageConfig, ImageTask, Task, build_task, register_task
+from .tasks import TASKS, Batch, CTConfig, CTTask, ImageConfig, ImageTask, Task, build_task, register_task
 from .train import (PruneConfig, PruneRounds, TrainConfig, iterative_pruning, load_learner, meta_train,
                     save_checkpoint, task_from_meta)
 
@@ -24,7 +24,7 @@ __all__ = [
     "FOMAML", "GRADNCP", "MAML", "ContextConfig", "GradNCP", "GradientRescaling", "Learner", "MAMLConfig", "MetaSGD",
     "Reptile", "ReptileConfig", "TestRule", "TransINR", "TransINRConfig", "build_learner", "context_scores",
     "mean_psnr", "psnr", "ssim",
-    "TASKS", "Batch", "ImageConfig", "ImageTask", "Task", "build_task", "register_task",
+    "TASKS", "Batch", "CTConfig", "CTTask", "ImageConfig", "ImageTask", "Task", "build_task", "register_task",
     "PruneConfig", "PruneRounds", "TrainConfig", "iterative_pruning", "load_learner", "meta_train",
     "save_checkpoint", "task_from_meta",
 ]

@@ -149,8 +149,3 @@ def fit(
             params = adam.step(params, grads) if adam is not None else sgd_step(params, grads, lr)
     return FitResult(params, record, {k: torch.stack(v, dim=1) for k, v in curves.items()}, final_loss)
 
-
-def batched_predict(field: nn.Module, params: Mapping[str, Tensor], coords: Tensor) -> Tensor:
-    """The field itself for every signal: params name -> (B, *shape), coords (N, d) -> (B, N, C)."""
-    fn = field_function(field)
-    return torch.vmap(lambda p: fn(p, coords))(dict(params))

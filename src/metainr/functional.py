@@ -23,11 +23,6 @@ def field_params(field: nn.Module) -> Params:
     return {name: p for name, p in field.named_parameters()}
 
 
-def detached(params: Mapping[str, Tensor]) -> Params:
-    """A copy of the dict whose tensors carry no graph."""
-    return {n: p.detach() for n, p in params.items()}
-
-
 def field_function(field: nn.Module) -> FieldFn:
     """The field as a pure function of its params: ``(params, coords (N, d)) -> values (N, C)``."""
     return lambda params, coords: functional_call(field, params, (coords,))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -87,21 +86,10 @@ def given_task_options(args: argparse.Namespace, task: str) -> dict[str, Any]:
 
 
 def settle(task: Task, batch: Batch) -> Task:
-    """The task with what its config leaves to the data (0: "those of the data") fixed from a batch
-    of its signals: ``channels`` from the observations, ``resolution`` from a square reference, so
-    the field's ``out_dim`` is the data's and a checkpoint records what it was trained on."""
-    names = {f.name for f in dataclasses.fields(task.config)}
-    fixes: dict[str, Any] = {}
-    if "channels" in names and not task.config.channels:
-        fixes["channels"] = int(batch.values.shape[-1])
-    ref = batch.reference
-    if "resolution" in names and not task.config.resolution and ref is not None and ref.dim() >= 3 \
-            and ref.shape[1] == ref.shape[2]:
-        fixes["resolution"] = int(ref.shape[1])
-    if not fixes:
-        return task
+    """The task with what its config leaves to the data fixed from a batch of its signals
+    (:meth:`Task.settled`), so a checkpoint records what it was trained on."""
     with user_errors():
-        return build_task(task.spec(), **fixes)
+        return task.settled(batch)
 
 
 def first_batch(task: Task, signals: Any) -> Batch:

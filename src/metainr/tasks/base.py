@@ -159,6 +159,11 @@ class Task:
         signal that metrics compare with, where the observations are not the signal itself."""
         raise NotImplementedError(f"task {self.name!r} cannot read files")
 
+    def settled(self, batch: Batch) -> "Task":
+        """This task with the settings its config leaves to the data (e.g. 0 = "those of the
+        data") fixed from a batch of its signals; itself when there are none."""
+        return self
+
     def for_file(self, path: str | Path) -> "Task":
         """This task as it must be to :meth:`read` ``path`` (e.g. CT at the file's detector count)."""
         return self

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..config import Config
-from ..data.images import grid_coords, image_to_values, load_dataset, load_image, resize_center_crop, values_to_image
+from ..data.images import grid_coords, image_to_values, load_dataset, load_image, resize_center_crop
 from ..functional import FieldFn
 from ..metrics import psnr, ssim
 from ..store import atomic_write_bytes
@@ -54,6 +53,16 @@ class ImageTask(Task):
     @property
     def out_dim(self) -> int:
         return self.config.channels or 3
+
+    def settled(self, batch: Batch) -> "ImageTask":
+        """With ``channels`` and ``resolution`` (when 0) taken from a batch of square images."""
+        fixes = {}
+        if not self.config.channels:
+            fixes["channels"] = int(batch.values.shape[-1])
+        ref = batch.reference
+        if not self.config.resolution and ref is not None and ref.shape[1] == ref.shape[2]:
+            fixes["resolution"] = int(ref.shape[1])
+        return type(self)(self.config, **fixes) if fixes else self
 
     def metrics(self, field_fn: FieldFn, params: Mapping[str, Tensor], batch: Batch,
                 names: Sequence[str] = ("psnr",)) -> dict[str, Tensor]:

@@ -9,3 +9,19 @@ def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(int(os.environ.get("METAINR_TEST_THREADS", "2")))
     yield
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the ``metainr`` command in-process: ``cli(*argv) -> (exit code, stdout, stderr)``."""
+    from metainr.cli import main
+
+    def run(*argv):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse errors
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

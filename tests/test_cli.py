@@ -10,14 +10,6 @@ from PIL import Image
 from metainr.cli import main
 
 
-def run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
@@ -50,12 +42,12 @@ def test_meta_train_writes_checkpoint_config_and_log(ckpt):
     assert [r["step"] for r in records if "val_psnr" in r] == [2, 4]
 
 
-def test_meta_train_resume_continues_to_more_steps(ckpt, capsys, tmp_path):
+def test_meta_train_resume_continues_to_more_steps(ckpt, cli, tmp_path):
     import shutil
 
     run_dir = tmp_path / "copy"
     shutil.copytree(ckpt.parent, run_dir)
-    code, _, _ = run(capsys, "meta-train", "--data", "faces", "--run", run_dir, "--width", "16", "--depth", "3",
+    code, _, _ = cli("meta-train", "--data", "faces", "--run", run_dir, "--width", "16", "--depth", "3",
                      "--steps", "6", "--batch-size", "4", "--inner-steps", "2", "--eval-every", "2", "--resume")
     assert code == 0
     from metainr.store import load_tensors
@@ -63,9 +55,9 @@ def test_meta_train_resume_continues_to_more_steps(ckpt, capsys, tmp_path):
     assert load_tensors(run_dir / "checkpoint.safetensors")[1]["step"] == 6
 
 
-def test_fit_json_reports_per_step_psnr_and_writes_reconstruction(ckpt, face_png, capsys, tmp_path):
+def test_fit_json_reports_per_step_psnr_and_writes_reconstruction(ckpt, face_png, cli, tmp_path):
     out = tmp_path / "recon.png"
-    code, stdout, _ = run(capsys, "fit", face_png, "--init", ckpt, "--steps", "3", "--json",
+    code, stdout, _ = cli("fit", face_png, "--init", ckpt, "--steps", "3", "--json",
                           "--out", out, "--save-field", tmp_path / "f.safetensors", "--device", "cpu")
     assert code == 0
     report = json.loads(stdout)
@@ -77,42 +69,42 @@ def test_fit_json_reports_per_step_psnr_and_writes_reconstruction(ckpt, face_png
     assert (tmp_path / "f.safetensors").is_file()
 
 
-def test_fit_defaults_to_the_inner_steps_and_writes_beside_the_file(ckpt, face_png, capsys):
-    code, stdout, _ = run(capsys, "fit", face_png, "--init", ckpt, "--json")
+def test_fit_defaults_to_the_inner_steps_and_writes_beside_the_file(ckpt, face_png, cli):
+    code, stdout, _ = cli("fit", face_png, "--init", ckpt, "--json")
     assert code == 0
     report = json.loads(stdout)
     assert report["steps"] == [0, 1, 2] and report["output"] == str(face_png.with_suffix(".recon.png"))
     assert face_png.with_suffix(".recon.png").is_file()
 
 
-def test_fit_from_random_init_uses_adam(face_png, capsys, tmp_path):
-    code, stdout, _ = run(capsys, "fit", face_png, "--init", "random", "--steps", "30", "--json",
+def test_fit_from_random_init_uses_adam(face_png, cli, tmp_path):
+    code, stdout, _ = cli("fit", face_png, "--init", "random", "--steps", "30", "--json",
                           "--width", "16", "--depth", "3", "--out", tmp_path / "r.png")
     assert code == 0
     report = json.loads(stdout)
     assert report["optimizer"] == "adam" and report["psnr"][-1] > report["psnr"][0] + 3
 
 
-def test_eval_json(ckpt, capsys):
-    code, stdout, _ = run(capsys, "eval", "--init", ckpt, "--data", "faces", "--steps", "0,2", "--json")
+def test_eval_json(ckpt, cli):
+    code, stdout, _ = cli("eval", "--init", ckpt, "--data", "faces", "--steps", "0,2", "--json")
     assert code == 0
     report = json.loads(stdout)
     assert report["steps"] == [0, 2] and report["signals"] == 20 and report["psnr"][1] > report["psnr"][0]
     assert 0 < report["final_ssim"] <= 1
 
 
-def test_plot_writes_png(ckpt, capsys):
-    code, _, _ = run(capsys, "plot", ckpt.parent)
+def test_plot_writes_png(ckpt, cli):
+    code, _, _ = cli("plot", ckpt.parent)
     assert code == 0 and (ckpt.parent / "training.png").stat().st_size > 1000
 
 
-def test_options_come_from_the_chosen_task_and_learner(capsys):
-    code, out, _ = run(capsys, "meta-train", "--help")
+def test_options_come_from_the_chosen_task_and_learner(cli):
+    code, out, _ = cli("meta-train", "--help")
     assert code == 0 and "--resolution" in out and "--inner-steps" in out and "--keep-ratio" in out
     assert "--sampling" not in out and "--hyper-dim" not in out
-    code, out, _ = run(capsys, "meta-train", "--learner", "transinr", "--help")
+    code, out, _ = cli("meta-train", "--learner", "transinr", "--help")
     assert code == 0 and "--hyper-dim" in out and "--inner-steps" not in out and "--tokens" not in out
-    code, out, _ = run(capsys, "meta-train", "--learner", "reptile", "--help")
+    code, out, _ = cli("meta-train", "--learner", "reptile", "--help")
     assert code == 0 and "--inner-optimizer {sgd,adam}" in out
 
 
@@ -143,7 +135,7 @@ def test_options_come_from_the_chosen_task_and_learner(capsys):
      "keep_ratio must be in (0, 1]"),
     (["meta-train", "--data", "faces", "--run", "RUN", "--context", "sometimes"], "invalid choice"),
 ])
-def test_user_mistakes_give_one_line_errors(argv, message, ckpt, face_png, tmp_path, capsys):
+def test_user_mistakes_give_one_line_errors(argv, message, ckpt, face_png, tmp_path, cli):
     import shutil
 
     (tmp_path / "empty").mkdir()
@@ -154,24 +146,24 @@ def test_user_mistakes_give_one_line_errors(argv, message, ckpt, face_png, tmp_p
     subs = {"EMPTY": str(tmp_path / "empty"), "RUN": str(tmp_path / "run"), "FACE": str(face_png),
             "CORRUPT": str(tmp_path / "corrupt.png"), "NOTCKPT": str(tmp_path / "notckpt.safetensors"),
             "CKPT": str(ckpt), "RESUMEDIR": str(resume_dir)}
-    code, _, err = run(capsys, *[subs.get(a, a) for a in argv])
+    code, _, err = cli(*[subs.get(a, a) for a in argv])
     assert code in (1, 2)
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("metainr: error:"), err
     assert message in lines[0]
 
 
-def test_bad_options_exit_2_and_user_errors_exit_1(face_png, capsys):
-    assert run(capsys, "fit", face_png, "--init", "random", "--bogus-option")[0] == 2
-    assert run(capsys, "fit", face_png.with_name("nope.png"), "--init", "random")[0] == 1
+def test_bad_options_exit_2_and_user_errors_exit_1(face_png, cli):
+    assert cli("fit", face_png, "--init", "random", "--bogus-option")[0] == 2
+    assert cli("fit", face_png.with_name("nope.png"), "--init", "random")[0] == 1
 
 
-def test_missing_cuda_is_a_one_line_error(face_png, capsys):
+def test_missing_cuda_is_a_one_line_error(face_png, cli):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    code, _, err = run(capsys, "fit", face_png, "--init", "random", "--device", "cuda", "--steps", "1")
+    code, _, err = cli("fit", face_png, "--init", "random", "--device", "cuda", "--steps", "1")
     assert code == 1 and err.startswith("metainr: error:") and "CUDA is not available" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -183,12 +175,12 @@ def test_installed_command_exits_nonzero_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("metainr: error: image file not found")
 
 
-def test_prune_rounds_from_the_cli_and_compact_export(face_png, capsys, tmp_path):
-    code, _, err = run(capsys, "meta-train", "--data", "faces", "--width", "16", "--depth", "3", "--steps", "4",
+def test_prune_rounds_from_the_cli_and_compact_export(face_png, cli, tmp_path):
+    code, _, err = cli("meta-train", "--data", "faces", "--width", "16", "--depth", "3", "--steps", "4",
                        "--batch-size", "4", "--prune-rounds", "2", "--prune-steps", "2", "--run", tmp_path / "p")
     assert code == 0 and "round 2: density 0.641" in err
     ckpt = tmp_path / "p" / "round_02_density_0.641.safetensors"
-    code, stdout, _ = run(capsys, "fit", face_png, "--init", ckpt, "--steps", "2", "--json", "--out",
+    code, stdout, _ = cli("fit", face_png, "--init", ckpt, "--steps", "2", "--json", "--out",
                           tmp_path / "r.png", "--save-field", tmp_path / "c.safetensors", "--compact")
     assert code == 0
     report = json.loads(stdout)
@@ -196,9 +188,9 @@ def test_prune_rounds_from_the_cli_and_compact_export(face_png, capsys, tmp_path
     assert report["bits_per_value"] == pytest.approx(8 * report["field_bytes"] / 625)
 
 
-def test_gradncp_from_the_cli_rescaled_fit_and_selected_plot(face_png, capsys, tmp_path):
+def test_gradncp_from_the_cli_rescaled_fit_and_selected_plot(face_png, cli, tmp_path):
     run_dir = tmp_path / "gradncp"
-    code, _, err = run(capsys, "meta-train", "--data", "faces", "--run", run_dir, "--learner", "gradncp",
+    code, _, err = cli("meta-train", "--data", "faces", "--run", run_dir, "--learner", "gradncp",
                        "--keep-ratio", "0.25", "--boot-steps", "2", "--inner-steps", "4", "--width", "16",
                        "--depth", "3", "--steps", "3", "--batch-size", "2")
     assert code == 0, err
@@ -207,26 +199,26 @@ def test_gradncp_from_the_cli_rescaled_fit_and_selected_plot(face_png, capsys, t
     ckpt = run_dir / "checkpoint.safetensors"
     reports = {}
     for flag in ([], ["--rescale", "0"]):
-        code, out, err = run(capsys, "fit", face_png, "--init", ckpt, "--steps", "3", "--json",
+        code, out, err = cli("fit", face_png, "--init", ckpt, "--steps", "3", "--json",
                              "--out", tmp_path / "r.png", *flag)
         assert code == 0, err
         reports[bool(flag)] = json.loads(out)["psnr"]
     assert reports[False][0] == reports[True][0] and reports[False][1] != reports[True][1]  # rescaling on by default
-    code, _, err = run(capsys, "plot", run_dir, "--selected", face_png)
+    code, _, err = cli("plot", run_dir, "--selected", face_png)
     assert code == 0, err
     assert (run_dir / "selected.png").stat().st_size > 1000
 
 
-def test_learners_compose_with_context_policies_and_fields(capsys, tmp_path):
+def test_learners_compose_with_context_policies_and_fields(cli, tmp_path):
     # Meta-SGD with the random context policy on an RWF field; TransINR sized from the task's tokens
-    code, _, err = run(capsys, "meta-train", "--data", "faces", "--run", tmp_path / "m", "--learner", "metasgd",
+    code, _, err = cli("meta-train", "--data", "faces", "--run", tmp_path / "m", "--learner", "metasgd",
                        "--context", "random", "--keep-ratio", "0.5", "--rwf", "--width", "8", "--depth", "3",
                        "--steps", "2", "--batch-size", "2", "--eval-every", "0")
     assert code == 0, err
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["learner"]["name"] == "metasgd" and config["learner"]["context"]["policy"] == "random"
     assert config["field"]["rwf"] is True
-    code, _, err = run(capsys, "meta-train", "--data", "faces", "--run", tmp_path / "t", "--learner", "transinr",
+    code, _, err = cli("meta-train", "--data", "faces", "--run", tmp_path / "t", "--learner", "transinr",
                        "--field", "pe", "--width", "8", "--depth", "3", "--hyper-dim", "16", "--hyper-depth", "1",
                        "--n-groups", "4", "--steps", "2", "--batch-size", "2", "--eval-every", "0")
     assert code == 0, err

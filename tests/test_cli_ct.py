@@ -7,19 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from metainr.cli import main
 from metainr.data.ct import ellipse_phantoms
 from metainr.tasks.ct_geometry import radon
 from metainr.train import load_learner
 
-
-def run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _save_sinogram(tmp_path, n_views=4, size=32):
@@ -30,9 +21,9 @@ def _save_sinogram(tmp_path, n_views=4, size=32):
     return tmp_path / "sino.npy", tmp_path / "ref.npy"
 
 
-def test_gradncp_metasgd_rwf_sparse_on_ct_runs_end_to_end(tmp_path, capsys):
+def test_gradncp_metasgd_rwf_sparse_on_ct_runs_end_to_end(tmp_path, cli):
     run_dir = tmp_path / "R"
-    code, _, err = run(capsys, "meta-train", "--task", "ct", "--learner", "metasgd", "--context", "gradnorm",
+    code, _, err = cli("meta-train", "--task", "ct", "--learner", "metasgd", "--context", "gradnorm",
                        "--keep-ratio", "0.25", "--boot-steps", "5", "--rwf", "--prune-rounds", "3", "--run", run_dir,
                        "--resolution", "16", "--count", "8", "--val-count", "2", "--steps", "2", "--prune-steps", "1",
                        "--batch-size", "2", "--width", "8", "--depth", "3", "--eval-steps", "2", "--device", "cpu")
@@ -52,9 +43,9 @@ def test_gradncp_metasgd_rwf_sparse_on_ct_runs_end_to_end(tmp_path, capsys):
     assert meta["task"]["name"] == "ct" and learner.policy.prunes and learner.field.config.out_dim == 1
 
 
-def test_fit_from_a_meta_trained_ct_checkpoint_writes_png_npy_and_reports_psnr(tmp_path, capsys):
+def test_fit_from_a_meta_trained_ct_checkpoint_writes_png_npy_and_reports_psnr(tmp_path, cli):
     sino, ref = _save_sinogram(tmp_path)
-    code, _, err = run(capsys, "meta-train", "--task", "ct", "--data", "ct-phantoms", "--resolution", 32, "--count", 20,
+    code, _, err = cli("meta-train", "--task", "ct", "--data", "ct-phantoms", "--resolution", 32, "--count", 20,
                        "--val-count", 2, "--run", tmp_path / "run", "--steps", 3, "--batch-size", 2, "--width", 16,
                        "--depth", 3, "--eval-steps", 2)
     assert code == 0, err
@@ -62,7 +53,7 @@ def test_fit_from_a_meta_trained_ct_checkpoint_writes_png_npy_and_reports_psnr(t
     learner, meta = load_learner(ckpt)  # the task comes with the checkpoint; the field is an image field
     assert meta["task"]["name"] == "ct" and learner.name == "reptile" and learner.field.config.out_dim == 1
     assert learner.config.inner_steps == 12  # the CT preset's learner and options
-    code, out, err = run(capsys, "fit", sino, "--init", ckpt, "--angles", "0:180:4", "--reference", ref,
+    code, out, err = cli("fit", sino, "--init", ckpt, "--angles", "0:180:4", "--reference", ref,
                          "--out", tmp_path / "recon.png", "--json")
     assert code == 0, err
     report = json.loads(out)
@@ -73,23 +64,23 @@ def test_fit_from_a_meta_trained_ct_checkpoint_writes_png_npy_and_reports_psnr(t
     assert recon.shape == (32, 32) and (tmp_path / "recon.png").is_file()
 
 
-def test_fit_ct_from_random_init(tmp_path, capsys):
+def test_fit_ct_from_random_init(tmp_path, cli):
     sino, ref = _save_sinogram(tmp_path)  # 32 detectors: the task takes the file's geometry (default 64)
-    code, out, err = run(capsys, "fit", sino, "--init", "random", "--task", "ct", "--steps", 20, "--width", 16,
+    code, out, err = cli("fit", sino, "--init", "random", "--task", "ct", "--steps", 20, "--width", 16,
                          "--json", "--reference", ref)
     assert code == 0, err
     report = json.loads(out)
     assert report["optimizer"] == "adam" and report["final_psnr"] > 5 and (tmp_path / "sino.recon.png").is_file()
     assert report["psnr"][-1] > report["psnr"][0]
-    code, out, err = run(capsys, "fit", sino, "--init", "random", "--task", "ct", "--steps", 2, "--width", 16, "--json")
+    code, out, err = cli("fit", sino, "--init", "random", "--task", "ct", "--steps", 2, "--width", 16, "--json")
     assert code == 0, err
     report = json.loads(out)  # nothing to compare with: no metrics, the reconstruction is still written
     assert report["psnr"] == [] and report["final_psnr"] is None and report["final_ssim"] is None
     assert np.load(tmp_path / "sino.recon.npy").shape == (32, 32)
 
 
-def test_eval_on_held_out_phantoms_from_a_random_ct_init(capsys):
-    code, out, err = run(capsys, "eval", "--init", "random", "--task", "ct", "--data", "ct-phantoms", "--resolution",
+def test_eval_on_held_out_phantoms_from_a_random_ct_init(cli):
+    code, out, err = cli("eval", "--init", "random", "--task", "ct", "--data", "ct-phantoms", "--resolution",
                          16, "--val-count", 2, "--val-views", "2,4", "--width", 8, "--depth", 3, "--steps", "0,3",
                          "--json")
     assert code == 0, err
@@ -98,14 +89,14 @@ def test_eval_on_held_out_phantoms_from_a_random_ct_init(capsys):
     assert report["task"]["name"] == "ct" and all(math.isfinite(v) for v in report["psnr"])
 
 
-def test_ct_options_and_preset_come_from_the_task(capsys):
-    code, out, _ = run(capsys, "meta-train", "--task", "ct", "--help")
+def test_ct_options_and_preset_come_from_the_task(cli):
+    code, out, _ = cli("meta-train", "--task", "ct", "--help")
     assert code == 0
     for option in ("--resolution", "--sampling {pixels,field}", "--min-views", "--max-views", "--val-views",
                    "--angles", "--count", "--val-count", "--no-score-image", "--inner-optimizer {sgd,adam}"):
         assert option in out, option
     assert "learner 'reptile'" in out  # the CT preset's learner
-    code, out, _ = run(capsys, "fit", "x.npy", "--init", "random", "--task", "ct", "--help")
+    code, out, _ = cli("fit", "x.npy", "--init", "random", "--task", "ct", "--help")
     assert code == 0 and "--angles" in out and "--reference" in out
 
 
@@ -124,8 +115,8 @@ def test_ct_options_and_preset_come_from_the_task(capsys):
     (["meta-train", "--task", "ct", "--val-views", "2,x", "--run", "{tmp}/r"], "comma-separated ints"),
     (["eval", "--init", "random", "--task", "ct", "--split", "nope", "--resolution", "16"], "split must be one of"),
 ])
-def test_ct_mistakes_end_with_one_line_errors(tmp_path, capsys, argv, message):
+def test_ct_mistakes_end_with_one_line_errors(tmp_path, cli, argv, message):
     sino, _ = _save_sinogram(tmp_path)
-    code, out, err = run(capsys, *[a.format(tmp=tmp_path, sino=sino) for a in argv])
+    code, out, err = cli(*[a.format(tmp=tmp_path, sino=sino) for a in argv])
     assert code in (1, 2) and out == ""
     assert err.startswith("metainr: error:") and message in err and len(err.strip().splitlines()) == 1, err

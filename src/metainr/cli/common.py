@@ -119,13 +119,7 @@ def chosen_task(args: argparse.Namespace, sel: Selection) -> Task:
 
 def random_rule(task: Task) -> tuple[str, float, int]:
     """(optimizer, lr, steps) of a fit from a random init."""
-    rule = preset(task).get("random")
-    if not rule:
-        return RANDOM_RULE
-    if isinstance(rule, Mapping):
-        return (str(rule.get("optimizer", RANDOM_RULE[0])), float(rule.get("lr", RANDOM_RULE[1])),
-                int(rule.get("steps", RANDOM_RULE[2])))
-    optimizer, lr, steps = rule
+    optimizer, lr, steps = preset(task).get("random") or RANDOM_RULE
     return str(optimizer), float(lr), int(steps)
 
 

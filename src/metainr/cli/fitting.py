@@ -74,17 +74,18 @@ def run_fit(args: argparse.Namespace, sel: Selection) -> int:
     rule = test_rule(args, start.rule)
     steps = start.default_steps if args.steps is None else args.steps
     batch = batch.to(sel.device)
-    result = fit(task, field, start.init(batch), batch, steps, record=list(range(steps + 1)), metrics=("psnr", "ssim"),
+    result = fit(task, field, start.init(batch), batch, steps, record=list(range(steps + 1)),
                  **rule.fit_options(task, field))
     with torch.no_grad():
         recon = task.reconstruct(field_function(field), result.params, batch)
+        final_ssim = _final_ssim(task, field, result.params, batch)
     out = Path(args.out) if args.out else Path(args.file).with_suffix(".recon.png")
     with user_errors():
         written = [str(p) for p in task.write(out, recon[0].cpu())] or [str(out)]
     psnr = result.metrics.get("psnr")  # none where the task has nothing to compare with (no --reference)
     report = {"file": str(args.file), "task": task.name, "init": args.init, "optimizer": rule.optimizer,
               "steps": result.steps, "psnr": [] if psnr is None else [round(float(v), 4) for v in psnr[0]],
-              "final_psnr": _final(psnr), "final_ssim": _final(result.metrics.get("ssim")),
+              "final_psnr": _final(psnr), "final_ssim": final_ssim,
               "output": written[0], "outputs": written}
     if args.save_field:
         one = {n: p[0].detach().cpu() for n, p in result.params.items()}
@@ -112,6 +113,12 @@ def _final(curve: torch.Tensor | None) -> float | None:
     return None if curve is None else float(curve[:, -1].mean())
 
 
+def _final_ssim(task, field, params, batch) -> float | None:
+    """Mean SSIM of the fitted signals, computed once after the fit (None where the task has none)."""
+    ssim = task.metrics(field_function(field), params, batch, ("ssim",)).get("ssim")
+    return None if ssim is None else float(ssim.mean())
+
+
 def run_eval(args: argparse.Namespace, sel: Selection) -> int:
     task = chosen_task(args, sel)
     source = args.data or default_data(task)
@@ -127,9 +134,10 @@ def run_eval(args: argparse.Namespace, sel: Selection) -> int:
     for batch in batches:
         batch = batch.to(sel.device)
         result = fit(task, start.field, start.init(batch), batch, max(args.steps), record=args.steps,
-                     metrics=("psnr", "ssim"), **rule.fit_options(task, start.field))
+                     **rule.fit_options(task, start.field))
         psnr.append([mean_psnr(result.psnr[:, i]) for i in range(len(result.steps))])
-        ssim.append(_final(result.metrics.get("ssim")))
+        with torch.no_grad():
+            ssim.append(_final_ssim(task, start.field, result.params, batch))
     report = {"init": args.init, "task": task.spec(), "data": source, "split": args.split, "signals": len(signals),
               "fits_per_signal": len(batches), "optimizer": rule.optimizer, "steps": args.steps,
               "psnr": [round(sum(col) / len(col), 4) for col in zip(*psnr)],

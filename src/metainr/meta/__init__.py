@@ -51,9 +51,9 @@ def build_learner(field: nn.Module, name: str = "maml", config: Any = None, cont
     """The learner ``name`` (or preset) around ``field``; ``options`` override its config and context."""
     cls, defaults, preset_context = resolve(name)
     if config is None:
-        config = cls.Config(**{**defaults, **{k: v for k, v in options.items()
-                                               if k in {f.name for f in dataclasses.fields(cls.Config)}}})
-        options = {k: v for k, v in options.items() if k not in {f.name for f in dataclasses.fields(cls.Config)}}
+        # the learner's defaults, then the options given (applied by the learner with its context's)
+        own = {f.name for f in dataclasses.fields(cls.Config)}
+        config = cls.Config(**{**defaults, **{k: v for k, v in options.items() if k in own}})
     return cls(field, config, context if context is not None else preset_context, **options)
 
 

@@ -9,12 +9,17 @@ import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import MetaINRError
+from ..limits import check_pixels
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # Colour photos bundled inside scikit-image. cat and chelsea show the same cat, so both are in
@@ -88,27 +93,38 @@ def _check_resolution(resolution: int) -> None:
         raise MetaINRError(f"resolution must be a positive integer, got {resolution!r}")
 
 
-def to_float_image(array: np.ndarray, channels: int | None = None) -> Tensor:
-    """Any uint8/bool/float image (H, W[, C]) -> float tensor (H, W, C) in [0, 1].
+def to_float_image(array: np.ndarray, channels: int | None = None, *, name: str = "image") -> Tensor:
+    """Any bool/integer/float image (H, W[, C]) -> float tensor (H, W, C) in [0, 1].
 
-    ``channels`` forces 1 (grey) or 3 (RGB); alpha channels are dropped.
+    Integers are divided by the largest value of their dtype (255 for uint8, 65535 for uint16);
+    floats are taken as already in [0, 1] and clipped (NaN or inf raises MetaINRError, naming
+    ``name``). C may be 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA); alpha is dropped.
+    ``channels`` forces 1 (grey, by luminance) or 3 (RGB, grey repeated).
     """
+    if channels not in (None, 1, 3):
+        raise MetaINRError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     a = np.asarray(array)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 2, 3, 4):
+        raise MetaINRError(f"{name} has shape {a.shape}; expected (H, W) or (H, W, C) with C = 1 (grey), "
+                           "2 (grey+alpha), 3 (RGB) or 4 (RGBA)")
+    a = a[..., : 1 if a.shape[-1] <= 2 else 3]  # drop alpha
     if a.dtype == np.bool_:
         a = a.astype(np.float32)
     elif np.issubdtype(a.dtype, np.integer):
-        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
-    a = a.astype(np.float32)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.shape[-1] == 4:
-        a = a[..., :3]
+        a = a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise MetaINRError(f"{name} has NaN or infinite values")
+        a = a.astype(np.float32)
+    else:
+        raise MetaINRError(f"{name} has unsupported pixel type {a.dtype}")
     if channels == 3 and a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)
     elif channels == 1 and a.shape[-1] == 3:
-        a = a @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
-        a = a[..., None]
-    return torch.from_numpy(np.clip(a, 0.0, 1.0).copy())
+        a = (a @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32))[..., None]
+    return torch.from_numpy(np.ascontiguousarray(np.clip(a, 0.0, 1.0)))
 
 
 def resize_center_crop(image: Tensor, resolution: int) -> Tensor:
@@ -123,21 +139,106 @@ def resize_center_crop(image: Tensor, resolution: int) -> Tensor:
     return torch.from_numpy(arr[top : top + resolution, left : left + resolution].astype(np.float32))
 
 
-def load_image(path: str | Path, channels: int | None = None) -> Tensor:
-    """Read one image file as (H, W, C) in [0, 1]; a missing or corrupt file raises MetaINRError."""
-    from PIL import Image, UnidentifiedImageError
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+# Pillow reads 16-bit colour PNGs through these unpackers, which keep only each sample's high byte.
+_PNG16_RAWMODES = ("RGB;16B", "RGBA;16B", "LA;16B")
 
+
+def _check_size(path: Path, width: int, height: int) -> None:
+    check_pixels(width * height, f"image {path} ({width}x{height})")
+
+
+def _open_pil(path: Path) -> "PIL.Image.Image":
+    """Pillow's header read, without Pillow's own decompression-bomb limit (ours counts)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except Image.DecompressionBombError:
+            pass
+    # Over twice Pillow's limit: open through the format's plugin, as Image.open does, minus the check.
+    Image.init()
+    with path.open("rb") as fp:
+        prefix = fp.read(16)
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        ok = accept is None or accept(prefix)
+        if ok and not isinstance(ok, str):
+            return factory(str(path))
+    raise MetaINRError(f"cannot read image {path}: unknown format")
+
+
+def _pil_decode(path: Path, rawmode: str) -> np.ndarray:
+    """The first frame of a PNG decoded with another Pillow unpacker (same filters, other bytes)."""
+    with _open_pil(path) as im:
+        im.tile = [im.tile[0]._replace(args=rawmode)]
+        im.load()
+        return np.asarray(im)
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    """Pixels through Pillow at full depth: (H, W[, C]) bool, uint8, uint16, int32 or float32."""
+    with _open_pil(path) as im:
+        _check_size(path, *im.size)
+        rawmode = im.tile[0].args if im.format == "PNG" and len(im.tile) == 1 else None
+        if rawmode == "LA;16B":  # no 16-bit LA unpacker: read each pixel's 4 bytes as R, G, B, A
+            b = _pil_decode(path, "RGBA").astype(np.uint16)
+            return (b[..., 0::2] << 8) | b[..., 1::2]  # (H, W, 2): grey, alpha
+        im.load()
+        if rawmode in _PNG16_RAWMODES:  # high bytes now, low bytes from a second pass
+            low = _pil_decode(path, rawmode.replace(";16B", ";16L")).astype(np.uint16)
+            return (np.asarray(im).astype(np.uint16) << 8) | low
+        if im.mode in ("1", "L", "LA", "RGB", "RGBA", "I", "F") or im.mode.startswith("I;16"):
+            return np.asarray(im)
+        return np.asarray(im.convert("RGB"))  # palette, CMYK, YCbCr, ...
+
+
+def _read_tiff(path: Path) -> np.ndarray | None:
+    """A TIFF's first image through tifffile: (H, W[, S]) at full depth, or None if Pillow reads it.
+
+    tifffile reads plain grey/RGB samples of any type; palette, CMYK, YCbCr, min-is-white and
+    compressions that need the ``imagecodecs`` package (LZW, JPEG, CCITT) are left to Pillow.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        _check_size(path, page.imagewidth, page.imagelength)
+        photometric = tifffile.PHOTOMETRIC
+        if (page.photometric not in (photometric.MINISBLACK, photometric.RGB)
+                or page.compression not in tifffile.TIFF.DECOMPRESSORS):
+            return None
+        array = page.asarray()
+        return np.moveaxis(array, page.axes.index("S"), -1) if "S" in page.axes else array
+
+
+def load_image(path: str | Path, channels: int | None = None) -> Tensor:
+    """Read one image file as (H, W, C) in [0, 1], keeping its bit depth (8/16-bit, float).
+
+    Plain grey/RGB TIFFs (any sample type) are read with tifffile; everything else (PNG, JPEG,
+    BMP, WEBP, palette or LZW/JPEG-compressed TIFF, ...) with Pillow, 16-bit colour PNGs at full
+    depth. The declared size is checked against ``metainr.limits`` before any pixel is decoded.
+    Every failure is a one-line MetaINRError.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MetaINRError(f"image file not found: {path}")
+    if not path.is_file():
+        raise MetaINRError(f"not an image file (a directory?): {path}")
     try:
-        with Image.open(path) as im:
-            im.load()
-            mode = "L" if im.mode in ("L", "I;16", "I", "1") else "RGB"
-            array = np.asarray(im.convert(mode))
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise MetaINRError(f"cannot read image {path}: {exc}") from None
-    return to_float_image(array, channels)
+        with path.open("rb") as fp:
+            is_tiff = fp.read(4) in _TIFF_MAGIC
+        array = _read_tiff(path) if is_tiff else None
+        if array is None:
+            array = _read_pil(path)
+    except MetaINRError:
+        raise
+    except Exception as exc:  # decoders raise many types (OSError, SyntaxError, ValueError, ...) on bad input
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise MetaINRError(f"cannot read image {path}: {detail}") from None
+    return to_float_image(array, channels, name=f"image {path}")
 
 
 def image_folder(path: str | Path, resolution: int, channels: int = 3) -> ImageDataset:

@@ -1,0 +1,86 @@
+"""Limits on what an input may make metainr allocate.
+
+Every size that a file, an option or a checkpoint declares (an image's height x width, a
+sinogram's detectors x views, a field's width and depth) is checked against these limits BEFORE
+anything of that size is allocated, and a size over a limit is a one-line :class:`MetaINRError`
+naming the limit and the CLI option that raises it. Inputs under the limits are processed in
+bounded memory (fits and renders are chunked over query rows), so a limit is about what a user
+asked for, not about what fits in memory at once.
+
+The limits in force are a context variable: the CLI sets them from ``--max-pixels`` /
+``--max-params`` / ``--max-signals``; library users call :func:`use_limits` (a context manager) or keep the defaults.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass, replace
+from typing import Any, Iterator
+
+from .errors import MetaINRError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The largest inputs metainr accepts (raise them for bigger signals; memory stays bounded)."""
+
+    max_pixels: int = 4096 * 4096
+    """largest signal in samples: an image's height x width, a CT slice's side squared, a sinogram's
+    detectors x views, the values of an array file"""
+    max_params: int = 1 << 26
+    """largest field (or hypernetwork) in parameters, as its config declares it"""
+    max_signals: int = 100_000
+    """largest dataset in signals (files in a folder, procedural counts): datasets are held in memory"""
+
+    def __post_init__(self) -> None:
+        if min(self.max_pixels, self.max_params, self.max_signals) < 1:
+            raise ValueError(f"limits must be positive, got {self}")
+
+
+_LIMITS: contextvars.ContextVar[Limits] = contextvars.ContextVar("metainr_limits", default=Limits())
+
+
+def current_limits() -> Limits:
+    """The limits in force."""
+    return _LIMITS.get()
+
+
+@contextlib.contextmanager
+def use_limits(limits: Limits | None = None, **changes: Any) -> Iterator[Limits]:
+    """Run a block under ``limits`` (default: the current ones) with ``changes`` applied."""
+    new = replace(limits or current_limits(), **changes)
+    token = _LIMITS.set(new)
+    try:
+        yield new
+    finally:
+        _LIMITS.reset(token)
+
+
+def check_pixels(count: int, what: str) -> None:
+    """Raise a one-line MetaINRError if ``what`` (e.g. "image x.png (8000x8000)") declares more
+    samples than ``max_pixels``."""
+    limit = current_limits().max_pixels
+    if count > limit:
+        raise MetaINRError(f"{what} has {count:,} samples, over the limit of {limit:,} (raise it with --max-pixels, "
+                           "or metainr.limits.use_limits(max_pixels=...))")
+
+
+def check_side(side: int, what: str) -> None:
+    """:func:`check_pixels` for a square signal of side ``side``."""
+    check_pixels(side * side, f"{what} ({side}x{side})")
+
+
+def check_signals(count: int, what: str) -> None:
+    """Raise a one-line MetaINRError if the dataset ``what`` declares more than ``max_signals`` signals."""
+    limit = current_limits().max_signals
+    if count > limit:
+        raise MetaINRError(f"{what} has {count:,} signals, over the limit of {limit:,} (raise it with --max-signals, "
+                           "or metainr.limits.use_limits(max_signals=...))")
+
+
+def check_params(count: int, what: str) -> None:
+    """Raise a one-line MetaINRError if ``what`` declares more parameters than ``max_params``."""
+    limit = current_limits().max_params
+    if count > limit:
+        raise MetaINRError(f"{what} has {count:,} parameters, over the limit of {limit:,} (raise it with "
+                           "--max-params, or metainr.limits.use_limits(max_params=...))")

@@ -1,0 +1,154 @@
+"""A scene in the NeRF-synthetic layout, as users have it.
+
+A folder holds ``transforms_{train,val,test}.json`` (or a single ``transforms.json``, used for
+every split) beside RGBA PNGs. Each json has ``camera_angle_x`` (radians, horizontal field of
+view) and ``frames``, each with ``file_path`` (relative to the json, with or without ``.png``, as
+Blender writes ``./train/r_0``) and ``transform_matrix``: 4x4 camera-to-world with OpenGL axes
+(the camera looks down -z, y up), the conventions of :mod:`.cameras`. Images are composited on a
+white (or black) background with their alpha (straight, not premultiplied); images without alpha
+are opaque. Any problem with the input is a one-line :class:`MetaINRError` naming the file.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from ..errors import MetaINRError
+from ..limits import check_pixels
+from .cameras import PosedViews, focal_from_fov
+from .images import load_image
+
+NEAR, FAR = 2.0, 6.0
+"""the depth range NeRF uses for NeRF-synthetic's scenes (cameras at radius ~4)"""
+
+
+def transforms_file(folder: str | Path, split: str) -> Path:
+    """``transforms_{split}.json`` in ``folder``, else its ``transforms.json``."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise MetaINRError(f"NeRF-synthetic folder not found: {root}")
+    for name in (f"transforms_{split}.json", "transforms.json"):
+        if (root / name).is_file():
+            return root / name
+    raise MetaINRError(f"no transforms_{split}.json or transforms.json in {root}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_transforms(file: Path) -> tuple[float, list[tuple[Path, np.ndarray]]]:
+    """camera_angle_x and the frames (image path, c2w (4, 4) float64) of one transforms json."""
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise MetaINRError(f"{file}: malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MetaINRError(f"cannot read {file}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise MetaINRError(f"{file}: expected a JSON object with 'camera_angle_x' and 'frames'")
+    for key in ("camera_angle_x", "frames"):
+        if key not in meta:
+            raise MetaINRError(f"{file}: missing key {key!r}")
+    angle = meta["camera_angle_x"]
+    if not _number(angle) or not 0.0 < angle < math.pi:
+        raise MetaINRError(f"{file}: camera_angle_x must be a number of radians in (0, pi), got {angle!r}")
+    frames = meta["frames"]
+    if not isinstance(frames, list) or not frames:
+        raise MetaINRError(f"{file}: 'frames' must be a non-empty list")
+    out = []
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, dict):
+            raise MetaINRError(f"{file}: frame {i} is not a JSON object")
+        for key in ("file_path", "transform_matrix"):
+            if key not in frame:
+                raise MetaINRError(f"{file}: frame {i} is missing key {key!r}")
+        matrix = frame["transform_matrix"]
+        if not (isinstance(matrix, list) and len(matrix) == 4
+                and all(isinstance(row, list) and len(row) == 4 and all(map(_number, row)) for row in matrix)):
+            raise MetaINRError(f"{file}: frame {i} transform_matrix is not a 4x4 matrix of numbers")
+        c2w = np.asarray(matrix, dtype=np.float64)
+        if not np.all(np.isfinite(c2w)):
+            raise MetaINRError(f"{file}: frame {i} transform_matrix holds NaN or infinite values")
+        if not isinstance(frame["file_path"], str) or not frame["file_path"]:
+            raise MetaINRError(f"{file}: frame {i} file_path must be a non-empty string")
+        out.append((_image_path(file.parent, frame["file_path"]), c2w))
+    return float(angle), out
+
+
+def _image_path(root: Path, file_path: str) -> Path:
+    """Blender writes ``./train/r_0`` for ``train/r_0.png``; a path with a suffix is used as it is."""
+    path = root / file_path
+    return path if path.suffix.lower() == ".png" or path.is_file() else path.with_name(path.name + ".png")
+
+
+def read_rgba(path: Path, background: float) -> tuple[Tensor, Tensor]:
+    """One image composited on ``background``: rgb (H, W, 3) and alpha (H, W), float32 in [0, 1].
+
+    Its size is checked against the pixel limit before it is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise MetaINRError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            check_pixels(width * height, f"image {path} ({width}x{height})")
+            has_alpha = "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
+            alpha = np.asarray(im.convert("RGBA"))[..., 3] if has_alpha else None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise MetaINRError(f"cannot read image {path}: {exc}") from None
+    rgb = load_image(path, channels=3)
+    a = torch.ones(rgb.shape[:2]) if alpha is None else torch.from_numpy(alpha.astype(np.float32) / 255.0)
+    return rgb * a[..., None] + background * (1.0 - a[..., None]), a
+
+
+def _resize(images: Tensor, height: int, width: int) -> Tensor:
+    """(V, H, W, C) -> (V, height, width, C), anti-aliased (area-weighted when shrinking)."""
+    x = images.permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return x.permute(0, 2, 3, 1).clamp(0.0, 1.0).contiguous()
+
+
+def nerf_synthetic(folder: str | Path, split: str = "train", background: float = 1.0, resolution: int | None = None,
+                   near: float = NEAR, far: float = FAR) -> PosedViews:
+    """The views of one split of a NeRF-synthetic folder (layout in the module docstring).
+
+    Returns float32 posed views: images (V, H, W, 3) composited on ``background`` (1.0 white,
+    0.0 black), poses (V, 4, 4) c2w as stored, masks (V, H, W) the alpha, and the focal length
+    in pixels ``0.5 W / tan(0.5 camera_angle_x)``. ``resolution``: resize to this width (height
+    in proportion; the focal length scales with it); near/far: the depth range to sample.
+    """
+    if not 0.0 <= background <= 1.0:
+        raise MetaINRError(f"background must be in [0, 1], got {background}")
+    if resolution is not None and resolution < 2:
+        raise MetaINRError(f"resolution must be at least 2, got {resolution}")
+    if not 0.0 <= near < far:
+        raise MetaINRError(f"need 0 <= near < far, got near={near}, far={far}")
+    file = transforms_file(folder, split)
+    angle, frames = read_transforms(file)
+    images, masks, size = [], [], None
+    for path, _ in frames:
+        rgb, alpha = read_rgba(path, background)
+        if size is None:
+            size = rgb.shape[:2]
+        elif rgb.shape[:2] != size:
+            raise MetaINRError(f"{path}: size {rgb.shape[1]}x{rgb.shape[0]} differs from the first frame's "
+                               f"{size[1]}x{size[0]}")
+        if resolution is not None and resolution != size[1]:  # one image at a time: memory stays small
+            height = max(1, round(size[0] * resolution / size[1]))
+            rgb = _resize(rgb[None], height, resolution)[0]
+            alpha = _resize(alpha[None, ..., None], height, resolution)[0, ..., 0]
+        images.append(rgb)
+        masks.append(alpha)
+    rgb, alpha = torch.stack(images), torch.stack(masks)
+    poses = torch.from_numpy(np.stack([c2w for _, c2w in frames])).float()
+    return PosedViews(rgb, poses, focal_from_fov(angle, rgb.shape[2]), near, far, alpha,
+                      name=f"{file.parent.name}-{split}")

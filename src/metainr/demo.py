@@ -46,7 +46,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, device: str
     learner = build_learner(build_field(field_cfg), "maml", inner_steps=3, inner_lr=1e-2)
     train_cfg = TrainConfig(steps=60 if quick else 2500, batch_size=8, outer_lr=1e-3, eval_every=20 if quick else 250,
                             eval_steps=2, checkpoint_every=250)
-    init = meta_train(learner, task, train_set, train_cfg, run_dir=out / "train", val=val_set,
+    init = meta_train(learner, task, train_set, train_cfg, run_dir=out / "train", val=val_set, overwrite=True,
                       info={"source": "faces", "validation": "the first 10 of faces:train"}, device=device)
     train_seconds = time.perf_counter() - t0
     records = read_metrics(out / "train" / "metrics.jsonl")

@@ -15,6 +15,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         device = torch.device(spec)
     except (RuntimeError, TypeError):
         raise MetaINRError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if isinstance(spec, str) and device.type not in ("cpu", "cuda", "mps"):
+        raise MetaINRError(f"device {spec!r} holds no data to compute with; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise MetaINRError(f"device {spec!r} asked for, but CUDA is not available on this machine")

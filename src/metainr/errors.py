@@ -11,3 +11,7 @@ class CheckpointMismatch(MetaINRError):
 
 class TrainingDiverged(MetaINRError):
     """The outer loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class NonFiniteTensors(MetaINRError):
+    """Tensors to be saved hold NaN or infinite values; nothing was written."""

@@ -6,12 +6,15 @@ only the verb, ``--task``, ``--learner``, ``--init`` and ``--device`` (a checkpo
 fields, its preset as defaults) and learner (its config, the context policy, pruning) and parses
 everything. The CLI never branches on a task's name.
 
-User mistakes end with one line on stderr (``metainr: error: ...``) and exit code 1 (2 for bad
-options); never a traceback.
+User mistakes and OS errors end with one line on stderr (``metainr: error: ...``) and exit code 1
+(2 for bad options); an interrupt with exit code 130; never a traceback. Every size an input or a
+checkpoint declares is checked against ``--max-pixels`` / ``--max-params`` / ``--max-signals`` (see
+:mod:`metainr.limits`) before anything of that size is allocated.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from typing import Callable
@@ -21,6 +24,7 @@ import torch
 from .. import __version__
 from ..device import resolve_device
 from ..errors import MetaINRError
+from ..limits import Limits, use_limits
 from ..meta import learner_names
 from ..tasks import TASKS
 from . import fitting, plots, train
@@ -34,6 +38,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Selection], int]] = {
     "demo": plots.run_demo,
 }
 """verb -> command(args, selection) -> exit code"""
+
+
+MAX_THREADS = 1024
+
+
+def thread_count(text: str) -> int:
+    """argparse type of --threads: 1..MAX_THREADS (torch would try to start any number)."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_THREADS} threads, got {value}")
+    return value
 
 
 def _top(parser: argparse.ArgumentParser, threads_type: Callable[[str], object]) -> None:
@@ -50,6 +65,9 @@ def _first_parser() -> Parser:
     for verb in COMMANDS:
         p = sub.add_parser(verb, add_help=False)
         p.add_argument("--device", default="auto")
+        p.add_argument("--max-pixels", default=None)
+        p.add_argument("--max-params", default=None)
+        p.add_argument("--max-signals", default=None)
         p.add_argument("--task", choices=sorted(TASKS), default=None)
         if verb == "meta-train":
             p.add_argument("--learner", choices=learner_names(), default=None)
@@ -58,6 +76,21 @@ def _first_parser() -> Parser:
         if verb == "plot":
             p.add_argument("run", nargs="?", default=None)
     return parser
+
+
+def limits_of(argv: list[str]) -> Limits:
+    """The limits ``--max-pixels`` / ``--max-params`` ask for (defaults where not given, or not a
+    positive integer: the full parse reports those)."""
+    first, _ = _first_parser().parse_known_args(argv)
+    given = {}
+    for name in ("max_pixels", "max_params", "max_signals"):
+        try:
+            value = int(getattr(first, name, None) or 0)
+        except ValueError:
+            continue
+        if value > 0:
+            given[name] = value
+    return Limits(**given)
 
 
 def select(argv: list[str]) -> Selection:
@@ -92,7 +125,7 @@ def build_parser(sel: Selection | None = None) -> Parser:
     parser = Parser(prog="metainr", description="Meta-learned neural fields: one command line for every task "
                     f"(--task {'|'.join(sorted(TASKS))}).")
     parser.add_argument("--version", action="version", version=f"metainr {__version__}")
-    _top(parser, positive_int)
+    _top(parser, thread_count)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train.add_parser(sub, sel)
     fitting.add_parsers(sub, sel)
@@ -104,18 +137,34 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``metainr`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        sel = select(argv)
-        args = build_parser(sel).parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        return COMMANDS[args.command](args, sel)
+        with use_limits(limits_of(argv)):
+            sel = select(argv)
+            args = build_parser(sel).parse_args(argv)
+            logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            return COMMANDS[args.command](args, sel)
     except MetaINRError as exc:
-        print(f"metainr: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+        return _error(str(exc))
+    except OSError as exc:  # a file we were asked to read or write (permissions, full disk, ...)
+        where = f" {exc.filename}" if exc.filename else ""
+        return _error(f"{exc.strerror or errno.errorcode.get(exc.errno or 0, type(exc).__name__)}:{where}"
+                      if exc.strerror or exc.errno else f"{type(exc).__name__}: {exc}")
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        return _error(f"out of memory ({' '.join(str(exc).split())[:160] or 'MemoryError'}); use smaller inputs or "
+                      "sizes (e.g. --batch-size, --width)")
+    except RuntimeError as exc:
+        if "can't allocate memory" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        return _error(f"out of memory ({' '.join(str(exc).split())[:160]}); use smaller inputs or sizes")
     except KeyboardInterrupt:
         print("metainr: interrupted (the last checkpoint is kept)", file=sys.stderr)
         return 130
+
+
+def _error(message: str) -> int:
+    print(f"metainr: error: {' '.join(message.split())}", file=sys.stderr)
+    return 1
 
 
 __all__ = ["COMMANDS", "build_parser", "main", "select"]

@@ -19,7 +19,8 @@ from ..errors import MetaINRError
 from ..fields import FIELDS, FieldConfig, build_field
 from ..meta import Learner, TestRule
 from ..tasks import TASKS, Batch, Task, build_task
-from .options import add_config_args, config_from_args, given_options
+from ..limits import Limits
+from .options import add_config_args, config_from_args, finite_float, given_options, positive_float, positive_int
 
 DEFAULT_TASK = "image"
 DEFAULT_LEARNER = "maml"
@@ -65,9 +66,20 @@ def default_data(task: str | Task) -> str:
 
 
 def add_device(parser: argparse.ArgumentParser, taken: set[str]) -> None:
+    """--device, and the limits every verb applies to what its inputs declare."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto, CUDA when "
                         "available)")
-    taken.add("device")
+    defaults = Limits()
+    parser.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                        help=f"largest signal in samples an input may declare (image height x width, sinogram "
+                             f"detectors x views; default: {defaults.max_pixels:,})")
+    parser.add_argument("--max-params", type=positive_int, default=None, metavar="N",
+                        help=f"largest field a checkpoint or the options may declare, in parameters (default: "
+                             f"{defaults.max_params:,})")
+    parser.add_argument("--max-signals", type=positive_int, default=None, metavar="N",
+                        help=f"largest dataset in signals (files of a folder, procedural counts; default: "
+                             f"{defaults.max_signals:,})")
+    taken.update({"device", "max-pixels", "max-params", "max-signals"})
 
 
 def add_task_args(parser: argparse.ArgumentParser, task: str, taken: set[str], base: Any = None) -> None:
@@ -179,9 +191,9 @@ def test_rule(args: argparse.Namespace, default: TestRule) -> TestRule:
 def add_rule_args(parser: argparse.ArgumentParser, taken: set[str]) -> None:
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
                         help="default: the learner's test rule for a checkpoint, the task's (adam) for random")
-    parser.add_argument("--lr", type=float, default=None,
+    parser.add_argument("--lr", type=positive_float, default=None,
                         help="step size (default: the learned one; the task's, 1e-3, for adam from random)")
-    parser.add_argument("--rescale", type=float, default=None, metavar="GAMMA",
+    parser.add_argument("--rescale", type=finite_float, default=None, metavar="GAMMA",
                         help="GradNCP test-time gradient rescaling with keep ratio GAMMA, 0 = plain steps "
                              "(default: the learner's rule)")
     taken.update({"optimizer", "lr", "rescale"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from ..errors import MetaINRError
 from ..fit import fit
 from ..functional import field_function
 from ..metrics import mean_psnr
+from ..store import check_outputs
 from ..tasks import TASKS
 from .common import (Selection, add_device, add_field_args, add_rule_args, add_task_args, chosen_task, default_data,
                      first_batch, settle, start_of, test_rule, user_errors)
@@ -73,20 +75,29 @@ def run_fit(args: argparse.Namespace, sel: Selection) -> int:
         raise MetaINRError("--compact needs --save-field PATH and a sparse field (a checkpoint from --prune-rounds)")
     rule = test_rule(args, start.rule)
     steps = start.default_steps if args.steps is None else args.steps
+    out = Path(args.out) if args.out else Path(args.file).with_suffix(".recon.png")
+    # before any work: no output may replace an input (or a device, a directory, one another)
+    check_outputs([*task.output_paths(out), args.save_field],
+                  [args.file, args.reference, None if args.init == "random" else args.init])
     batch = batch.to(sel.device)
-    result = fit(task, field, start.init(batch), batch, steps, record=list(range(steps + 1)),
+    result = fit(task, field, start.init(batch), batch, steps, record=recorded_steps(steps),
                  **rule.fit_options(task, field))
+    psnr = result.metrics.get("psnr")  # none where the task has nothing to compare with (no --reference)
+    report = {"file": str(args.file), "task": task.name, "init": args.init, "optimizer": rule.optimizer,
+              "steps": result.steps, "psnr": [] if psnr is None else [_number(v) for v in psnr[0]],
+              "final_psnr": _final(psnr)}
+    if diverged(result):
+        report.update(final_ssim=None, diverged=True, outputs=[])
+        if args.json:
+            print(json.dumps(report, allow_nan=False))
+        raise MetaINRError(f"the fit diverged (non-finite loss or parameters within {steps} steps of {rule.optimizer});"
+                           " nothing was written: try a smaller --lr")
     with torch.no_grad():
         recon = task.reconstruct(field_function(field), result.params, batch)
         final_ssim = _final_ssim(task, field, result.params, batch)
-    out = Path(args.out) if args.out else Path(args.file).with_suffix(".recon.png")
     with user_errors():
         written = [str(p) for p in task.write(out, recon[0].cpu())] or [str(out)]
-    psnr = result.metrics.get("psnr")  # none where the task has nothing to compare with (no --reference)
-    report = {"file": str(args.file), "task": task.name, "init": args.init, "optimizer": rule.optimizer,
-              "steps": result.steps, "psnr": [] if psnr is None else [round(float(v), 4) for v in psnr[0]],
-              "final_psnr": _final(psnr), "final_ssim": final_ssim,
-              "output": written[0], "outputs": written}
+    report.update(final_ssim=final_ssim, diverged=False, output=written[0], outputs=written)
     if args.save_field:
         one = {n: p[0].detach().cpu() for n, p in result.params.items()}
         if args.compact:
@@ -100,7 +111,7 @@ def run_fit(args: argparse.Namespace, sel: Selection) -> int:
         report.update(field_file=args.save_field, field_bytes=saved,
                       bits_per_value=8 * saved / batch.values[0].numel())
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report, allow_nan=False))
     else:
         final_psnr, ssim = report["final_psnr"], report["final_ssim"]
         print(f"{args.file}: {steps} steps" + (f" -> PSNR {final_psnr:.2f} dB" if final_psnr is not None else "")
@@ -108,15 +119,36 @@ def run_fit(args: argparse.Namespace, sel: Selection) -> int:
     return 0
 
 
+def recorded_steps(steps: int, most: int = 1000) -> list[int]:
+    """The steps whose metrics ``fit`` reports: every one up to ``most``, else ``most`` evenly spread
+    (and the last), so a huge --steps never sizes a list."""
+    if steps <= most:
+        return list(range(steps + 1))
+    return sorted({round(i * steps / most) for i in range(most + 1)})
+
+
+def _number(value: float | torch.Tensor, digits: int = 4) -> float | None:
+    """A metric for a JSON report: rounded, or None when it is NaN or infinite (JSON has neither)."""
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def diverged(result) -> bool:
+    """True when a fit ended with a non-finite loss or non-finite parameters."""
+    return not (bool(torch.isfinite(result.final_loss).all())
+                and all(bool(torch.isfinite(p).all()) for p in result.params.values()))
+
+
 def _final(curve: torch.Tensor | None) -> float | None:
-    """The mean over signals of a (B, len(steps)) metric at the last step (None when not recorded)."""
-    return None if curve is None else float(curve[:, -1].mean())
+    """The mean over signals of a (B, len(steps)) metric at the last step (None when not recorded
+    or not finite)."""
+    return None if curve is None else _number(curve[:, -1].mean(), 6)
 
 
 def _final_ssim(task, field, params, batch) -> float | None:
     """Mean SSIM of the fitted signals, computed once after the fit (None where the task has none)."""
     ssim = task.metrics(field_function(field), params, batch, ("ssim",)).get("ssim")
-    return None if ssim is None else float(ssim.mean())
+    return None if ssim is None else _number(ssim.mean(), 6)
 
 
 def run_eval(args: argparse.Namespace, sel: Selection) -> int:
@@ -130,25 +162,28 @@ def run_eval(args: argparse.Namespace, sel: Selection) -> int:
     rule = test_rule(args, start.rule)
     with user_errors():
         batches = task.validation_batches(signals)  # what validation fits: e.g. CT scans of a few views
-    psnr, ssim = [], []
+    psnr, ssim, bad = [], [], False
     for batch in batches:
         batch = batch.to(sel.device)
         result = fit(task, start.field, start.init(batch), batch, max(args.steps), record=args.steps,
                      **rule.fit_options(task, start.field))
         psnr.append([mean_psnr(result.psnr[:, i]) for i in range(len(result.steps))])
+        bad = bad or diverged(result)
         with torch.no_grad():
-            ssim.append(_final_ssim(task, start.field, result.params, batch))
+            ssim.append(None if bad else _final_ssim(task, start.field, result.params, batch))
     report = {"init": args.init, "task": task.spec(), "data": source, "split": args.split, "signals": len(signals),
               "fits_per_signal": len(batches), "optimizer": rule.optimizer, "steps": args.steps,
-              "psnr": [round(sum(col) / len(col), 4) for col in zip(*psnr)],
-              "final_ssim": None if None in ssim else sum(ssim) / len(ssim)}
+              "psnr": [_number(sum(col) / len(col)) for col in zip(*psnr)],
+              "final_ssim": None if None in ssim else _number(sum(ssim) / len(ssim), 6), "diverged": bad}
     if args.json:
-        print(json.dumps(report))
-    else:
+        print(json.dumps(report, allow_nan=False))
+    if bad:
+        raise MetaINRError("a fit diverged (non-finite loss or parameters): try a smaller --lr")
+    if not args.json:
         print(f"{len(signals)} {source}/{args.split} signals ({task.name}, {len(batches)} fit(s) each), "
               f"{rule.optimizer}:")
         for s, v in zip(report["steps"], report["psnr"]):
-            print(f"  step {s:>5}: PSNR {v:6.2f} dB")
+            print(f"  step {s:>5}: PSNR {v:6.2f} dB" if v is not None else f"  step {s:>5}: PSNR inf (exact)")
         if report["final_ssim"] is not None:
             print(f"  final SSIM {report['final_ssim']:.4f}")
     return 0

@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import re
 import textwrap
 import types
@@ -43,6 +44,25 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (NaN and infinities are refused, never silently used)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 
@@ -95,7 +115,7 @@ def _list_of(item: Callable[[str], Any], name: str) -> Callable[[str], tuple]:
     def parse(text: str) -> tuple:
         try:
             return tuple(item(v) for v in text.split(",") if v.strip())
-        except ValueError:
+        except (ValueError, argparse.ArgumentTypeError):
             raise argparse.ArgumentTypeError(f"expected comma-separated {name}s, got {text!r}") from None
     return parse
 
@@ -119,11 +139,11 @@ def _option_kwargs(f: dataclasses.Field, tp: Any, doc: str, positive: bool) -> d
     if typing.get_origin(tp) is tuple:
         args = [a for a in typing.get_args(tp) if a is not Ellipsis] or [str]
         item = args[0] if args[0] in (int, float) else str
-        return {"type": _list_of(item, item.__name__), "metavar": f.name.upper()}
+        return {"type": _list_of(finite_float if item is float else item, item.__name__), "metavar": f.name.upper()}
     if tp is int:
         return {"type": positive_int if positive else int, "metavar": f.name.upper()}
     if tp is float:
-        return {"type": float, "metavar": f.name.upper()}
+        return {"type": finite_float, "metavar": f.name.upper()}
     choices = doc_choices(doc, f.default) if tp is str else None
     return {"type": str, "choices": choices} if choices else {"type": str, "metavar": f.name.upper()}
 

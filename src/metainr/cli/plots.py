@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MetaINRError
+from ..store import check_outputs
 from ..tasks import build_task
 from .common import Selection, add_device, add_task_args, given_task_options, run_checkpoint, user_errors
 
@@ -52,6 +53,7 @@ def run_plot(args: argparse.Namespace, sel: Selection) -> int:
     if not records:
         raise MetaINRError(f"{path} is empty")
     out = args.out or str(Path(args.run) / "training.png")
+    check_outputs([out], [path, *Path(args.run).glob("*.safetensors"), Path(args.run) / "config.json"])
     plot_training(records, out)
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -97,6 +99,7 @@ def _plot_selected(args: argparse.Namespace, sel: Selection) -> int:
         mask[trace[step].cpu()] = True
         masks[f"inner step {step}"] = mask.view(h, w)
     out = args.out or str(Path(args.run) / "selected.png")
+    check_outputs([out], [ckpt, args.selected])
     plot_selected(ref[0].cpu(), masks, out)
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -15,7 +15,8 @@ from ..tasks import TASKS, Task, build_task
 from ..train import PruneConfig, TrainConfig, iterative_pruning, meta_train
 from .common import (Selection, add_device, add_field_args, add_task_args, default_data, field_config, first_batch,
                      given_task_options, preset, settle, user_errors)
-from .options import add_config_args, given_options, positive_int
+from .options import add_config_args, given_options, positive_float, positive_int
+from .stopping import GracefulStop
 
 CONTEXT_OPTIONS = dict(rename={"policy": "context", "seed": "context-seed"}, choices={"policy": list(POLICIES)})
 PRUNE_OPTIONS = dict(rename={n: f"prune-{n}" for n in ("rounds", "fraction", "steps", "method", "seed")})
@@ -43,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction, sel: Selection) -> None:
     p = sub.add_parser("meta-train", help="meta-learn an initialisation for a class of signals (any --task)",
                        description=f"Meta-train on task '{sel.task}' with learner '{sel.learner}'; the options "
                        "below depend on --task and --learner (see 'metainr meta-train --task T --learner L --help').")
-    taken = {"task", "learner", "data", "val-data", "run", "resume", "max-minutes", "target-params"}
+    taken = {"task", "learner", "data", "val-data", "run", "resume", "overwrite", "max-minutes", "target-params"}
     p.add_argument("--task", choices=sorted(TASKS), default=sel.task, help="signal type (default: image)")
     p.add_argument("--learner", choices=learner_names(), default=sel.learner,
                    help=f"learner or preset (default: the task's, else maml; now: {sel.learner})")
@@ -53,7 +54,10 @@ def add_parser(sub: argparse._SubParsersAction, sel: Selection) -> None:
                    "where it has one, else the last 10%% of the training signals, held back from training)")
     p.add_argument("--run", required=True, help="run directory for checkpoints and logs")
     p.add_argument("--resume", action="store_true", help="continue the run in --run from its checkpoint")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--overwrite", action="store_true", help="start again in a --run that holds a previous run "
+                   "(deletes that run's checkpoints and logs; nothing else)")
+    p.add_argument("--max-minutes", type=positive_float, default=None,
+                   help="stop (with a checkpoint) after this long")
     p.add_argument("--target-params", type=positive_int, default=None,
                    help="dense-narrow baseline: solve the hidden width so the field has about this many parameters")
     add_device(p, taken)
@@ -138,20 +142,31 @@ def run(args: argparse.Namespace, sel: Selection) -> int:
         learner = _learner(args, sel, task, data, field_cfg)
     info = {"source": source, "validation": how,
             "signals": len(data), "val_signals": len(val) if val is not None else 0}
+    if args.resume and args.overwrite:
+        raise MetaINRError("--resume continues a run and --overwrite starts it again: give one of them")
+    stop = GracefulStop()
     if prune_cfg.rounds:
         if args.resume:
             raise MetaINRError("--resume is not supported with --prune-rounds; each round's checkpoint is kept instead")
         if args.max_minutes:
             raise MetaINRError("--max-minutes is not supported with --prune-rounds; use --steps and --prune-steps")
-        records = iterative_pruning(learner, task, data, train_cfg, prune_cfg, run_dir=args.run, val=val, info=info,
-                                    device=sel.device)
+        with stop:
+            records = iterative_pruning(learner, task, data, train_cfg, prune_cfg, run_dir=args.run, val=val,
+                                        info=info, device=sel.device, overwrite=args.overwrite, callbacks=[stop])
         for rec in records:
             print(f"round {rec['round']}: density {rec['density']:.3f}, {rec['params']} parameters", file=sys.stderr)
-        final = Path(args.run) / f"round_{records[-1]['round']:02d}_density_{records[-1]['density']:.3f}.safetensors"
+        final = (Path(args.run) / f"round_{records[-1]['round']:02d}_density_{records[-1]['density']:.3f}.safetensors"
+                 if records else Path(args.run) / "checkpoint.safetensors")
     else:
-        meta_train(learner, task, data, train_cfg, run_dir=args.run, resume=args.resume, val=val, info=info,
-                   device=sel.device, max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+        with stop:
+            meta_train(learner, task, data, train_cfg, run_dir=args.run, resume=args.resume, overwrite=args.overwrite,
+                       val=val, info=info, device=sel.device, callbacks=[stop],
+                       max_seconds=args.max_minutes * 60 if args.max_minutes else None)
         final = Path(args.run) / "checkpoint.safetensors"
+    if stop.signal:
+        print(f"metainr: stopped by {stop.signal}; checkpoint written: {final} (continue with --resume)",
+              file=sys.stderr)
+        return 130
     print(f"meta-training done: {final}", file=sys.stderr)
     return 0
 

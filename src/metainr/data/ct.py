@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import MetaINRError
+from ..limits import check_signals
 from .files import read_npy
 
 SLICE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".dcm"}
@@ -159,9 +160,11 @@ def slice_folder(path: str | Path, size: int) -> Tensor:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SLICE_SUFFIXES)
     if not files:
         raise MetaINRError(f"no slices ({', '.join(sorted(SLICE_SUFFIXES))}) in folder {folder}")
+    check_signals(len(files), f"slice folder {folder}")
     slices = []
     for f in files:
         array = _read_slice(f)
+        check_signals(len(slices) + (len(array) if array.ndim == 3 else 1), f"slice folder {folder}")
         for s in array if array.ndim == 3 else [array]:
             image = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))[..., None]
             slices.append(resize_center_crop(image, size)[..., 0].clamp(0, 1))

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import MetaINRError
-from ..limits import check_pixels
+from ..limits import check_pixels, check_signals
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -250,6 +250,7 @@ def image_folder(path: str | Path, resolution: int, channels: int = 3) -> ImageD
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise MetaINRError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {folder}")
+    check_signals(len(files), f"image folder {folder}")
     images = [resize_center_crop(load_image(f, channels), resolution) for f in files]
     return ImageDataset(torch.stack(images), name=str(folder))
 

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..limits import check_params
 from .config import FieldConfig
 from .linear import RWF, Linear, uniform_init
 
@@ -133,10 +134,27 @@ class PositionalMLP(_ReluMLP):
 FIELDS: dict[str, type[Field]] = {"siren": Siren, "fourier": FourierMLP, "pe": PositionalMLP}
 
 
+def declared_size(config: FieldConfig) -> int:
+    """Parameters and buffers (masks, encodings) a config declares, computed without building it."""
+    if min(config.in_dim, config.out_dim, config.width, config.n_features) < 1 or config.depth < 2 or config.n_freqs < 0:
+        raise ValueError(f"a field needs in_dim, out_dim, width, n_features >= 1, depth >= 2 and n_freqs >= 0; got "
+                         f"in_dim={config.in_dim}, out_dim={config.out_dim}, width={config.width}, depth="
+                         f"{config.depth}, n_features={config.n_features}, n_freqs={config.n_freqs}")
+    encoding = {"fourier": 2 * config.n_features, "pe": config.in_dim * (1 + 2 * config.n_freqs)}.get(config.kind,
+                                                                                                    config.in_dim)
+    w = config.width
+    weights = encoding * w + (config.depth - 2) * w * w + w * config.out_dim
+    units = (config.depth - 1) * w + config.out_dim
+    buffers = {"fourier": config.n_features * config.in_dim, "pe": config.n_freqs}.get(config.kind, 0)
+    return weights * (2 if config.sparse else 1) + units * (2 if config.rwf else 1) + buffers
+
+
 def build_field(config: FieldConfig) -> Field:
-    """Build the field a config describes; unknown kinds raise a clear ValueError."""
+    """Build the field a config describes; unknown kinds and sizes over the limits
+    (:mod:`metainr.limits`) raise a one-line error before anything is allocated."""
     if config.kind not in FIELDS:
         raise ValueError(f"unknown field kind {config.kind!r}; choose from {sorted(FIELDS)}")
+    check_params(declared_size(config), f"a {config.kind} field of width {config.width} and depth {config.depth}")
     return FIELDS[config.kind](config)
 
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..config import Config
 from ..fields import Linear
 from ..functional import field_function
+from ..limits import check_params
 from ..tasks.base import Batch, Task, observe_batch
 from .base import Learner, TestRule
 
@@ -49,6 +50,10 @@ class TransINRConfig(Config):
     def __post_init__(self) -> None:
         if self.tokens < 1 or self.token_dim < 1:
             raise ValueError("transinr needs tokens >= 1 and token_dim >= 1 (the shape of the task's tokens)")
+        if min(self.hyper_dim, self.hyper_depth, self.hyper_heads, self.n_groups) < 1 or self.hyper_dim % self.hyper_heads:
+            raise ValueError(f"transinr needs positive sizes and hyper_dim divisible by hyper_heads, got hyper_dim="
+                             f"{self.hyper_dim}, hyper_depth={self.hyper_depth}, hyper_heads={self.hyper_heads}, "
+                             f"n_groups={self.n_groups}")
         if self.test_optimizer not in ("sgd", "adam"):
             raise ValueError(f"test_optimizer must be 'sgd' or 'adam', got {self.test_optimizer!r}")
 
@@ -69,6 +74,9 @@ class TransINR(Learner):
             raise ValueError("transinr modulates plain weights; build the field without rwf")
         self._layers = [(name, m.out_dim, m.in_dim, min(config.n_groups, m.out_dim)) for name, m in layers]
         dim = config.hyper_dim
+        n_weight_tokens = sum(g for *_, g in self._layers)
+        check_params(config.hyper_depth * 12 * dim * dim + (config.tokens + n_weight_tokens + config.token_dim) * dim
+                     + sum(dim * d_in for _, _, d_in, _ in self._layers), "the transinr hypernetwork")
         self.patch_embed = nn.Linear(config.token_dim, dim)
         self.pos_embed = nn.Parameter(torch.randn(config.tokens, dim) * 0.02)
         self.weight_tokens = nn.Parameter(torch.randn(sum(g for *_, g in self._layers), dim) * 0.02)

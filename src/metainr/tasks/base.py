@@ -169,8 +169,13 @@ class Task:
         return self
 
     def write(self, path: str | Path, signal: Tensor) -> list[Path]:
-        """Write one reconstructed signal (from :meth:`reconstruct`); returns the files written."""
+        """Write one reconstructed signal (from :meth:`reconstruct`); returns the files written
+        (exactly :meth:`output_paths` of ``path``)."""
         raise NotImplementedError(f"task {self.name!r} cannot write files")
+
+    def output_paths(self, path: str | Path) -> list[Path]:
+        """The files :meth:`write` would write for ``path`` (checked against a command's inputs first)."""
+        return [Path(path)]
 
     def tokens(self, batch: Batch) -> Tensor:
         """(B, T, F) input tokens of a hypernetwork (TransINR) for the batch's signals."""

@@ -23,6 +23,7 @@ from ..config import Config
 from ..data.ct import _read_slice, circle_mask, load_ct_images, pixel_spacing, view_angles
 from ..data.files import read_npy
 from ..errors import MetaINRError
+from ..limits import check_pixels, check_side, check_signals
 from ..functional import FieldFn
 from ..store import atomic_write_bytes
 from .base import Batch, Task, register_task
@@ -58,6 +59,7 @@ def parse_angles(text: str) -> np.ndarray:
                 start, stop, count = text.split(":")
                 if int(count) < 1:
                     raise ValueError
+                check_pixels(int(count), f"angles {text!r}")
                 values = float(start) + np.arange(int(count)) * (float(stop) - float(start)) / int(count)
             else:
                 values = np.array([float(v) for v in text.split(",") if v.strip()])
@@ -81,6 +83,7 @@ def read_sinogram(path: str | Path) -> Tensor:
     if array.ndim != 2 or array.shape[0] < MIN_DETECTORS or not np.issubdtype(array.dtype, np.number):
         raise MetaINRError(f"the sinogram must be a numeric (n_detectors >= {MIN_DETECTORS}, n_views) array, got "
                            f"shape {array.shape}")
+    check_side(array.shape[0], f"sinogram {file}: {array.shape[0]} detectors make an image")
     if not np.all(np.isfinite(array)):
         raise MetaINRError(f"sinogram {file} holds NaN or infinite values")
     return torch.from_numpy(array.astype(np.float32))
@@ -146,6 +149,11 @@ class CTConfig(Config):
             raise ValueError(f"val_views must be positive view counts, got {self.val_views}")
         if self.count < 1 or self.val_count < 1:
             raise ValueError(f"count and val_count must be >= 1, got {self.count}, {self.val_count}")
+        check_side(self.resolution, "a CT slice of this resolution")
+        check_pixels(self.resolution * self.n_samples, f"a CT view of {self.resolution} rays x n_samples {self.n_samples}")
+        check_pixels(self.resolution * self.dense_views, f"a sinogram of {self.resolution} detectors x dense_views "
+                     f"{self.dense_views}")
+        check_signals(max(self.count, self.val_count), "ct-phantoms (count)")
         if self.angles and not self.angles.endswith((".npy", ".txt")):
             try:
                 parse_angles(self.angles)
@@ -351,6 +359,10 @@ class CTTask(Task):
         ref = read_reference(reference, n)[None] if reference is not None else None
         return Batch(rays, sinogram_to_values(sinogram)[None], reference=ref)
 
+    def output_paths(self, path: str | Path) -> list[Path]:
+        """The PNG at ``path`` and the float32 .npy beside it."""
+        return [Path(path), Path(path).with_suffix(".npy")]
+
     def write(self, path: str | Path, signal: Tensor) -> list[Path]:
         """One image (n, n) as an 8-bit grey PNG (clamped to [0, 1]) at ``path`` and as float32
         .npy beside it (same stem), both written atomically; returns both paths."""
@@ -360,7 +372,7 @@ class CTTask(Task):
             raise ValueError(f"a CT image to write must be (n, n), got {tuple(signal.shape)}")
         from PIL import Image
 
-        png, npy = Path(path), Path(path).with_suffix(".npy")
+        png, npy = self.output_paths(path)
         buf = io.BytesIO()
         Image.fromarray((image.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG")
         atomic_write_bytes(png, buf.getvalue())

@@ -12,6 +12,7 @@ from torch import Tensor
 from ..config import Config
 from ..data.images import grid_coords, image_to_values, load_dataset, load_image, resize_center_crop
 from ..functional import FieldFn
+from ..limits import check_side
 from ..metrics import psnr, ssim
 from ..store import atomic_write_bytes
 from .base import Batch, Task, observe_batch, register_task
@@ -37,6 +38,7 @@ class ImageConfig(Config):
         if self.resolution < 0 or self.channels not in (0, 1, 3) or self.patch_size < 0:
             raise ValueError(f"need resolution >= 0, channels 0/1/3 and patch_size >= 0; got {self.resolution}, "
                              f"{self.channels}, {self.patch_size}")
+        check_side(self.resolution, "an image of this resolution")
 
 
 @register_task

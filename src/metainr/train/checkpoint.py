@@ -78,5 +78,10 @@ def restore(learner: Learner, optimizer: torch.optim.Optimizer | None, tensors: 
         prefix = f"adam/{name}/"
         st = {k[len(prefix):]: v.clone() if k.endswith("/step") else v.to(p.device)
               for k, v in tensors.items() if k.startswith(prefix)}
+        for key, value in st.items():
+            want = () if key == "step" else tuple(p.shape)
+            if key not in ("step", "exp_avg", "exp_avg_sq") or tuple(value.shape) != want:
+                raise CheckpointMismatch(f"checkpoint {what}: optimizer state {name}/{key} has shape "
+                                         f"{tuple(value.shape)}, expected {want}")
         if st:
             optimizer.state[p] = st

@@ -1,7 +1,8 @@
 """Settings of meta-training (the outer loop)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from ..config import Config
 
@@ -10,7 +11,7 @@ from ..config import Config
 class TrainConfig(Config):
     """Settings of meta-training (the outer loop)."""
 
-    steps: int = 1000
+    steps: int = field(default=1000, metadata={"positive": True})
     """number of outer steps"""
     batch_size: int = 4
     """signals per meta-batch"""
@@ -34,6 +35,8 @@ class TrainConfig(Config):
     """append a line to metrics.jsonl every this many steps"""
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.outer_lr) and math.isfinite(self.clip)):
+            raise ValueError(f"outer_lr and clip must be finite, got outer_lr={self.outer_lr}, clip={self.clip}")
         if self.steps < 0 or self.batch_size < 1 or self.outer_lr <= 0 or self.clip < 0:
             raise ValueError(f"need steps >= 0, batch_size >= 1, outer_lr > 0 and clip >= 0; got steps={self.steps}, "
                              f"batch_size={self.batch_size}, outer_lr={self.outer_lr}, clip={self.clip}")

@@ -6,6 +6,7 @@ module owns everything else. A run directory holds ``checkpoint.safetensors`` (l
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..device import resolve_device
-from ..errors import CheckpointMismatch, MetaINRError, TrainingDiverged
+from ..errors import CheckpointMismatch, MetaINRError, NonFiniteTensors, TrainingDiverged
 from ..fit import fit
 from ..meta import Learner
 from ..metrics import mean_psnr
@@ -27,6 +28,7 @@ from ..store import atomic_write_bytes, atomic_write_json, load_tensors
 from ..tasks import Task
 from .checkpoint import restore, save_checkpoint
 from .config import TrainConfig
+from .rundir import RunDirectory
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ class RunState:
     best: tuple[float, int] = (-math.inf, 0)
     best_state: dict[str, Tensor] | None = None
     records: list[dict] = field(default_factory=list)
+    stop: str | None = None
+    """set by a callback (e.g. on a signal) to end training after this step, with a checkpoint"""
 
     def restore_best(self) -> None:
         """Load the best validated init seen so far (if any) into the learner."""
@@ -105,6 +109,7 @@ def meta_train(
     *,
     run_dir: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     val: Any = None,
     info: dict | None = None,
     callbacks: Sequence[Callback] = (),
@@ -118,32 +123,66 @@ def meta_train(
     ``data`` (and ``val``) are whatever the task's batches are made from (``len`` and indexing by
     an index tensor), e.g. a tensor with one signal per row. Each step draws a meta-batch
     and the task's inner-loop contexts from (seed, step). With ``run_dir`` it writes checkpoints,
-    ``config.json`` and ``metrics.jsonl`` there; ``resume=True`` continues from its checkpoint with
-    the same optimiser state and data order, ending with the same params as an uninterrupted run.
-    A non-finite loss stops training with :class:`TrainingDiverged` and leaves the last good
-    checkpoint in place. ``max_seconds`` ends training early (with a checkpoint) once that much
+    ``config.json`` and ``metrics.jsonl`` there (holding the directory's lock, see
+    :class:`RunDirectory`: a directory with a previous run needs ``resume`` or ``overwrite``);
+    ``resume=True`` continues from its checkpoint with the same optimiser state and data order,
+    ending with the same params as an uninterrupted run. A fresh run writes its step-0 checkpoint
+    first, so it is resumable from the start. A non-finite loss or parameter stops training with
+    :class:`TrainingDiverged` and leaves the last finite checkpoint in place. A callback setting
+    ``state.stop`` ends training after that step, with a checkpoint. ``max_seconds`` ends training early (with a checkpoint) once that much
     time has passed on ``clock``. With validation (``val`` and ``eval_every``) the best init is
     kept and returned. ``device``: auto | cpu | cuda[:i] (default: where the learner is).
     """
     device = resolve_device(device) if device is not None else next(learner.parameters()).device
     learner.to(device)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=config.outer_lr)
     run = Path(run_dir) if run_dir is not None else None
-    ckpt = run / "checkpoint.safetensors" if run else None
-    state = RunState(learner, task, optimizer, config, run, info)
+    state = RunState(learner, task, torch.optim.Adam(learner.parameters(), lr=config.outer_lr), config, run, info)
+    with RunDirectory(run, resume=resume, overwrite=overwrite) if run else contextlib.nullcontext():
+        if run is not None:
+            _open_run(state, resume)
+        _outer_loop(state, data, val, callbacks, device, progress, max_seconds, clock)
+    state.restore_best()
+    return {n: p.detach().clone() for n, p in learner.init_params().items()}
+
+
+def _open_run(state: RunState, resume: bool) -> None:
+    """Resume from the run's checkpoint, or start it: config.json and the step-0 checkpoint."""
+    learner, task, config, run = state.learner, state.task, state.config, state.run
+    assert run is not None
+    ckpt = run / "checkpoint.safetensors"
     if resume:
-        if ckpt is None or not ckpt.is_file():
+        if not ckpt.is_file():
             raise MetaINRError(f"nothing to resume: no checkpoint in {run}")
         tensors, meta = load_tensors(ckpt)
         _check_same_setup(meta, learner, task, config, ckpt)
-        restore(learner, optimizer, tensors, str(ckpt))
+        restore(learner, state.optimizer, tensors, str(ckpt))
         state.step = int(meta["step"])
-        state.best = (meta.get("best_psnr", -math.inf), meta.get("best_step", 0))
+        best = meta.get("best_psnr")
+        state.best = (-math.inf if best is None else float(best), int(meta.get("best_step") or 0))
         _truncate_log(run / "metrics.jsonl", state.step)
-    if run is not None:
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run / "config.json", {"task": task.spec(), "field": learner.field.config.to_dict(),
-                                                "learner": learner.spec(), "train": config.to_dict(), "data": info})
+    atomic_write_json(run / "config.json", {"task": task.spec(), "field": learner.field.config.to_dict(),
+                                            "learner": learner.spec(), "train": config.to_dict(), "data": state.info})
+    if not resume:
+        _save(state, ckpt, state.optimizer)
+
+
+def _save(state: RunState, path: Path, optimizer: torch.optim.Optimizer | None, **extra: Any) -> None:
+    """A checkpoint of the current step; non-finite parameters end training (:class:`TrainingDiverged`)."""
+    best = state.best[0] if math.isfinite(state.best[0]) else None
+    try:
+        save_checkpoint(path, state.learner, optimizer, state.step, state.task, state.config, state.info,
+                        {"best_psnr": best, "best_step": state.best[1], **extra})
+    except NonFiniteTensors as exc:
+        ckpt = path.parent / "checkpoint.safetensors"
+        good = f"{ckpt} (step {_ckpt_step(ckpt)})" if ckpt.is_file() else "none written"
+        raise TrainingDiverged(f"training diverged by outer step {state.step}: {exc}; last good checkpoint: "
+                               f"{good}") from None
+
+
+def _outer_loop(state: RunState, data: Any, val: Any, callbacks: Sequence[Callback], device: torch.device,
+                progress: bool | None, max_seconds: float | None, clock: Callable[[], float]) -> None:
+    learner, task, config, optimizer, run = state.learner, state.task, state.config, state.optimizer, state.run
+    ckpt = run / "checkpoint.safetensors" if run else None
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm.auto import tqdm
 
@@ -175,38 +214,36 @@ def meta_train(
             record = {"step": done, "loss": loss, "grad_norm": norm, "lr": _lr_at(config, step),
                       "seconds": time.perf_counter() - tic}
             if val is not None and config.eval_every and done % config.eval_every == 0:
-                record["val_psnr"] = validate(learner, task, val, config.eval_steps, device)
-                if record["val_psnr"] > state.best[0]:
-                    state.best, evals_without_gain = (record["val_psnr"], done), 0
+                score = validate(learner, task, val, config.eval_steps, device)
+                record["val_psnr"] = score if math.isfinite(score) else None  # a diverged fit scores null
+                if math.isfinite(score) and score > state.best[0]:
+                    state.best, evals_without_gain = (score, done), 0
                     state.best_state = {k: v.detach().clone() for k, v in learner.state_dict().items()}
                     if run is not None:
-                        save_checkpoint(run / "best.safetensors", learner, None, done, task, config, info,
-                                        {"best_psnr": state.best[0], "best_step": done})
+                        _save(state, run / "best.safetensors", None)
                 else:
                     evals_without_gain += 1
                 log.info("step %d/%d: loss %.3e, validation PSNR %.2f dB (best %.2f at step %d)", done,
-                         config.steps, loss, record["val_psnr"], state.best[0], state.best[1])
+                         config.steps, loss, score, state.best[0], state.best[1])
             state.records.append(record)
             if run is not None and (done % config.log_every == 0 or "val_psnr" in record or done == config.steps):
                 _append_jsonl(run / "metrics.jsonl", record)
             for callback in callbacks:
                 callback.on_step(state)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.2e}", **({"val": f"{record['val_psnr']:.2f}dB"} if "val_psnr" in record
-                                                  else {}))
+            bar.set_postfix(loss=f"{loss:.2e}", **({"val": f"{record['val_psnr']:.2f}dB"} if record.get("val_psnr")
+                                                  is not None else {}))
             out_of_time = max_seconds is not None and clock() - t0 > max_seconds
             patience_over = config.patience and evals_without_gain >= config.patience
             if ckpt is not None and (done % config.checkpoint_every == 0 or done == config.steps or out_of_time
-                                     or patience_over):
-                save_checkpoint(ckpt, learner, optimizer, done, task, config, info,
-                                {"best_psnr": state.best[0], "best_step": state.best[1]})
-            if out_of_time or patience_over:
-                log.info("stopping at step %d (%s)", done, "time budget" if out_of_time else "no validation gain")
+                                     or patience_over or state.stop):
+                _save(state, ckpt, optimizer)
+            if out_of_time or patience_over or state.stop:
+                log.info("stopping at step %d (%s)", done, state.stop or ("time budget" if out_of_time
+                                                                          else "no validation gain"))
                 break
     finally:
         bar.close()
-    state.restore_best()
-    return {n: p.detach().clone() for n, p in learner.init_params().items()}
 
 
 def _ckpt_step(path: Path) -> int:
@@ -237,17 +274,35 @@ def _check_same_setup(meta: dict, learner: Learner, task: Task, config: TrainCon
 
 def _append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write(json.dumps(record, allow_nan=False) + "\n")
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from."""
+    """Drop log lines written after the checkpoint we resume from (and a torn last line)."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = [json.dumps(r) for r in read_metrics(path) if int(r["step"]) <= step]
     atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """Records of a ``metrics.jsonl`` file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """Records of a ``metrics.jsonl`` file. Lines that are not a JSON record with a step (a torn
+    last line, as a kill mid-write leaves) are skipped with a warning."""
+    try:
+        lines = Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise MetaINRError(f"cannot read {path}: {exc.strerror or exc}") from None
+    records, skipped = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            int(record["step"])
+        except (ValueError, KeyError, TypeError):
+            skipped += 1
+            continue
+        records.append(record)
+    if skipped:
+        log.warning("%s: skipped %d unreadable line(s) (a torn write?)", path, skipped)
+    return records

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -96,13 +96,15 @@ class PruneRounds(Callback):
 def iterative_pruning(learner: Learner, task: Task, data: Any, train: TrainConfig, prune: PruneConfig, *,
                       run_dir: str | Path | None = None, val: Any = None, info: dict | None = None,
                       on_round: RoundCallback | None = None, progress: bool | None = None,
-                      device: str | torch.device | None = None) -> list[dict]:
+                      device: str | torch.device | None = None, overwrite: bool = False,
+                      callbacks: Sequence[Callback] = ()) -> list[dict]:
     """Dense meta-training (``train.steps``), then ``prune.rounds`` rounds of pruning
     ``prune.fraction`` of the remaining weights followed by ``prune.steps`` more outer steps, as
-    ONE trainer run with a :class:`PruneRounds` callback. Returns one record per round."""
+    ONE trainer run with a :class:`PruneRounds` callback (``callbacks`` run after it). Returns one
+    record per round ended."""
     masked_layers(learner.field)  # a dense field is refused before any training
     rounds = PruneRounds(prune, train.steps, on_round)
     total = dataclasses.replace(train, steps=rounds.total_steps())
-    meta_train(learner, task, data, total, run_dir=run_dir, val=val, info=info, callbacks=[rounds],
-               progress=progress, device=device)
+    meta_train(learner, task, data, total, run_dir=run_dir, val=val, info=info, callbacks=[rounds, *callbacks],
+               progress=progress, device=device, overwrite=overwrite)
     return rounds.records

@@ -220,6 +220,7 @@ def named_cases() -> list[Case]:
         Case("--max-minutes -1", ["meta-train", *TINY_TRAIN, "--max-minutes", "-1", *run]),
         Case("--threads 1e11", ["--threads", "99999999999", *fit]),
         Case("--device meta", [*fit, "--device", "meta"]),
+        Case("SIREN --w0 0 (found by the fuzz)", ["meta-train", *TINY_TRAIN, "--w0", "0", *run]),
         Case("16-bit grey fits as grey", ["fit", "in/grey16.png", "--init", "random", "--steps", "1", "--out",
                                           "out/g.png", "--json"], ["out/g.png"]),
         Case("CT below 32^2 with validation", ["meta-train", "--task", "ct", "--resolution", "16", "--steps", "2",

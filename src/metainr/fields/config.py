@@ -1,6 +1,7 @@
 """The frozen description of a field; a checkpoint rebuilds its field from this alone."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..config import Config
@@ -43,3 +44,11 @@ class FieldConfig(Config):
     seed: int = 0
     """seed of the initial weights and fixed encodings"""
 
+
+    def __post_init__(self) -> None:
+        numbers = (self.w0, self.w0_first, self.output_offset, self.sigma, self.rwf_mu, self.rwf_sigma)
+        if not all(math.isfinite(v) for v in numbers):
+            raise ValueError(f"field settings must be finite numbers, got {self}")
+        if self.w0 <= 0 or self.w0_first <= 0 or self.sigma < 0 or self.rwf_sigma < 0:
+            raise ValueError(f"need w0 > 0, w0_first > 0, sigma >= 0 and rwf_sigma >= 0; got w0={self.w0}, "
+                             f"w0_first={self.w0_first}, sigma={self.sigma}, rwf_sigma={self.rwf_sigma}")

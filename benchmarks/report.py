@@ -186,8 +186,89 @@ def core(r: dict) -> list[str]:
     return out
 
 
+def speed(r: dict) -> list[str]:
+    """Seconds, memory and MFU per outer step vs the published GradNCP code (benchmarks/speed.py)."""
+    def num(v, spec: str = ".2f") -> str:
+        return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
+
+    def why(x: dict) -> str:
+        return f"error: {x['error']}" if "error" in x else (f"skipped: {x['skipped']}" if "skipped" in x else "—")
+
+    c, peer = r["config"], r.get("peer", {})
+    rate = r.get("matmul_gflops", {}).get("used")
+    out = [f"**Speed of one outer step** — {c['threads']} threads, every number from a fresh process, median of up "
+           f"to {c['repeats']} steps after {c['warmup']} warm-up; MFU against the {num(rate, '.0f')} GFLOP/s matmul "
+           "rate measured in the same run" + (" (**smoke run: tiny sizes**)" if c.get("smoke") else "") + ".", ""]
+    rows = []
+    for key, per in r["steps"].items():
+        for learner, x in per.items():
+            p = peer.get("configs", {}).get(key, {}).get(learner, {})
+            cells = ([x.get("batching_used") or "—", num(x["seconds"], ".3f"), num(x["peak_rss_mb"], ".0f"),
+                      num(x.get("gflop"), ".2f"), num(x.get("mfu"))] if "seconds" in x else [why(x), "", "", "", ""])
+            rows.append([c["steps"][key]["label"] if learner == next(iter(per)) else "", learner, *cells,
+                         num(p.get("seconds"), ".3f") if p else "", num(p.get("peak_rss_mb"), ".0f") if p else "",
+                         f"{num(p.get('ratio_seconds'))} / {num(p.get('ratio_peak_rss'))}" if p else ""])
+    out += _table(["config", "learner", "batching", "s / step", "peak MB", "GFLOP", "MFU", "peer s", "peer MB",
+                   "metainr / peer (s / MB)"], rows)
+    if "source" in peer:
+        src = peer["source"]
+        out += ["", f"Peer: the published GradNCP code, commit `{src.get('commit')}`, its own `train_step` "
+                "(MAML: maml.py; GradNCP: maml_boot.py, sample_type gradncp) driven from a temp dir; guards: "
+                + "; ".join(peer.get("guards") or ["none"]) + "."]
+    elif "skipped" in peer:
+        out += ["", f"Peer: {peer['skipped']}."]
+    out += ["", "**fit throughput** (Adam from a random init):", "",
+            *_table(["size", "field", "signals", "steps", "signal-steps / s", "MFU"],
+                    [[f"{x['side']}² ×{x['channels']}", f"{x['depth']}×{x['width']}", x["batch"], x["steps"],
+                      num(x.get("signal_steps_per_second"), ".1f") if "error" not in x else why(x), num(x.get("mfu"))]
+                     for x in r.get("fit", {}).values()])]
+    reach = r.get("reach", {})
+    if "skipped" not in reach:
+        rc = c["reach"]
+        out += ["", f"**Memory reach** (one outer step, SIREN {rc['depth']}×{rc['width']}, B={rc['batch']}, "
+                f"K={rc['k']}, under {rc['budget_gib']} GiB peak RSS): " + "; ".join(
+                    f"{name}: largest side **{x.get('largest_side')}** ("
+                    + ", ".join(f"{t['side']}²: {num(t.get('peak_rss_mb'), '.0f')} MB" for t in x.get("tries", []))
+                    + f"; {x.get('stopped')})" for name, x in reach.items())]
+    demo, suite = r.get("demo", {}), r.get("suite", {})
+    out += ["", f"`metainr demo`{' --quick' if demo.get('quick') else ''}: "
+            + (f"{num(demo.get('wall_seconds'), '.1f')} s" if "wall_seconds" in demo and "error" not in demo
+               else why(demo))
+            + (f" (headline {demo['headline']})" if demo.get("headline") else "")
+            + "; test suite: " + (f"{suite.get('summary')} in {num(suite.get('wall_seconds'), '.1f')} s"
+                                  if "wall_seconds" in suite else why(suite)) + "."]
+    out += ["", *_table(["target", "rule", "met"], [[k, t["rule"], t["met"]] for k, t in r.get("targets", {}).items()])]
+    return out
+
+
+def views(r: dict) -> list[str]:
+    """Novel-view PSNR / SSIM of held-out objects vs fitting steps, baselines, targets."""
+    rows = r["rows"]
+    steps = sorted({x["steps"] for x in rows})
+    keys = list(dict.fromkeys((x["class"], x["input_views"], x["init"]) for x in rows))
+    cell = {(x["class"], x["input_views"], x["init"], x["steps"]): x for x in rows}
+    m = r["meta_training"]
+    out = [f"**3D views, held-out objects** — novel-view PSNR (dB) / SSIM vs fitting steps, "
+           f"{r['config']['resolution']} px, {r['scored_views']}; meta-training "
+           + ", ".join(f"{v['learner']['kind']} on {v['class']}: {v['outer_steps']} outer steps "
+                       f"({v['wall_seconds'] / 60:.1f} min)" for v in m.values())
+           + ".", ""]
+    out += _table(["class", "views", "init", *steps],
+                  [[c, v, i, *(f"{cell[c, v, i, s]['novel_psnr']:.2f} / {cell[c, v, i, s]['novel_ssim']:.3f}"
+                               if (c, v, i, s) in cell else "—" for s in steps)] for c, v, i in keys])
+    out += ["", *_table(["class", "all background", "mean training image"],
+                        [[c, f"{b['background']['novel_psnr']:.2f} / {b['background']['novel_ssim']:.3f}",
+                          f"{b['mean_image']['novel_psnr']:.2f} / {b['mean_image']['novel_ssim']:.3f}"]
+                         for c, b in r["baselines"].items()])]
+    out += ["", *_table(["target", "value", "needs", "met"],
+                        [[t["target"], "never" if t["value"] is None else t["value"], t["needs"],
+                          "yes" if t["met"] else "**no**"]
+                         for t in r["targets"]])]
+    return out
+
+
 RENDERERS = {"image_meta": image_meta, "transinr": transinr, "sparse": sparse, "gradncp": gradncp, "ct": ct,
-             "core": core}
+             "core": core, "speed": speed, "views": views}
 
 
 def plots() -> None:

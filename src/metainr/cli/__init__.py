@@ -1,4 +1,4 @@
-"""The ``metainr`` command: meta-train, fit, eval, plot, demo, for every task.
+"""The ``metainr`` command: meta-train, fit, eval, plot, render, demo, for every task.
 
 Options depend on what is chosen first, so the command line is parsed twice: a first parse reads
 only the verb, ``--task``, ``--learner``, ``--init`` and ``--device`` (a checkpoint given to
@@ -27,7 +27,7 @@ from ..errors import MetaINRError
 from ..limits import Limits, use_limits
 from ..meta import learner_names
 from ..tasks import TASKS
-from . import fitting, plots, train
+from . import fitting, plots, render, train
 from .common import DEFAULT_LEARNER, DEFAULT_TASK, Selection, preset
 from .options import Parser, positive_int
 
@@ -35,7 +35,7 @@ log = logging.getLogger("metainr")
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Selection], int]] = {
     "meta-train": train.run, "fit": fitting.run_fit, "eval": fitting.run_eval, "plot": plots.run_plot,
-    "demo": plots.run_demo,
+    "demo": plots.run_demo, "render": render.run_render,
 }
 """verb -> command(args, selection) -> exit code"""
 
@@ -130,6 +130,7 @@ def build_parser(sel: Selection | None = None) -> Parser:
     train.add_parser(sub, sel)
     fitting.add_parsers(sub, sel)
     plots.add_parsers(sub, sel)
+    render.add_parser(sub, sel)
     return parser
 
 

@@ -16,6 +16,7 @@ Every tensor is made on the device (and in the dtype) of the inputs it derives f
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -155,3 +156,49 @@ class PosedViews:
     def values(self) -> Tensor:
         """(..., V, H*W, 3) pixel values, in the order of :meth:`rays`."""
         return self.images.reshape(*self.images.shape[:-3], -1, 3)
+
+    # -- a set of objects (n, V, ...): what datasets and the trainer index -------------------------
+    @property
+    def is_set(self) -> bool:
+        """True for n objects (n, V, H, W, 3), False for one scene (V, H, W, 3)."""
+        return self.images.dim() == 5
+
+    def as_set(self) -> "PosedViews":
+        """A set of objects: itself, or one scene as a set of one (1, V, ...)."""
+        if self.is_set:
+            return self
+        return dataclasses.replace(self, images=self.images[None], poses=self.poses[None],
+                                   masks=None if self.masks is None else self.masks[None])
+
+    def __len__(self) -> int:
+        """Number of objects of a set (one scene is not a set: TypeError, see :meth:`as_set`)."""
+        if not self.is_set:
+            raise TypeError("one scene (V, H, W, 3) has no length; use views.as_set() for a set of one object")
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int | slice | Tensor | list[int]) -> "PosedViews":
+        """Objects of a set, as tensors index: an int gives one scene (V, ...); a slice, a list or
+        an index tensor (long or bool, on any device) gives a set (k, V, ...)."""
+        if not self.is_set:
+            raise TypeError("one scene (V, H, W, 3) cannot be indexed by object; use views.as_set()")
+        if isinstance(index, Tensor):
+            index = index.to(self.images.device)
+        elif isinstance(index, list):
+            index = torch.as_tensor(index, dtype=torch.long, device=self.images.device)
+        return dataclasses.replace(self, images=self.images[index], poses=self.poses[index],
+                                   masks=None if self.masks is None else self.masks[index])
+
+    def select_views(self, index: slice | Tensor | list[int]) -> "PosedViews":
+        """The views ``index`` (a slice, a list or an index tensor) of every object (or of the scene)."""
+        if isinstance(index, list):
+            index = torch.as_tensor(index, dtype=torch.long)
+        if isinstance(index, Tensor):
+            index = index.to(self.images.device)
+        lead = (slice(None),) * (self.images.dim() - 4)
+        return dataclasses.replace(self, images=self.images[(*lead, index)], poses=self.poses[(*lead, index)],
+                                   masks=None if self.masks is None else self.masks[(*lead, index)])
+
+    def to(self, device: torch.device | str) -> "PosedViews":
+        """The same views on ``device``."""
+        return dataclasses.replace(self, images=self.images.to(device), poses=self.poses.to(device),
+                                   masks=None if self.masks is None else self.masks.to(device))

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..errors import MetaINRError
-from ..limits import check_pixels
+from ..limits import check_pixels, check_signals
 from .cameras import PosedViews, focal_from_fov
 from .images import load_image
 
@@ -126,13 +126,22 @@ def nerf_synthetic(folder: str | Path, split: str = "train", background: float =
     in pixels ``0.5 W / tan(0.5 camera_angle_x)``. ``resolution``: resize to this width (height
     in proportion; the focal length scales with it); near/far: the depth range to sample.
     """
+    return read_scene(transforms_file(folder, split), background, resolution, near, far, split)
+
+
+def read_scene(file: str | Path, background: float = 1.0, resolution: int | None = None, near: float = NEAR,
+               far: float = FAR, split: str = "") -> PosedViews:
+    """The views of one transforms json ``file`` (the frames it lists, in its order), as
+    :func:`nerf_synthetic` returns them; ``split`` only names the result."""
     if not 0.0 <= background <= 1.0:
         raise MetaINRError(f"background must be in [0, 1], got {background}")
     if resolution is not None and resolution < 2:
         raise MetaINRError(f"resolution must be at least 2, got {resolution}")
     if not 0.0 <= near < far:
         raise MetaINRError(f"need 0 <= near < far, got near={near}, far={far}")
-    file = transforms_file(folder, split)
+    file = Path(file)
+    if not file.is_file():
+        raise MetaINRError(f"transforms file not found: {file}")
     angle, frames = read_transforms(file)
     images, masks, size = [], [], None
     for path, _ in frames:
@@ -150,5 +159,38 @@ def nerf_synthetic(folder: str | Path, split: str = "train", background: float =
         masks.append(alpha)
     rgb, alpha = torch.stack(images), torch.stack(masks)
     poses = torch.from_numpy(np.stack([c2w for _, c2w in frames])).float()
-    return PosedViews(rgb, poses, focal_from_fov(angle, rgb.shape[2]), near, far, alpha,
-                      name=f"{file.parent.name}-{split}")
+    name = f"{file.parent.name}-{split}" if split else file.parent.name
+    return PosedViews(rgb, poses, focal_from_fov(angle, rgb.shape[2]), near, far, alpha, name=name)
+
+
+def has_scene(folder: str | Path, split: str) -> bool:
+    """Whether ``folder`` holds ``transforms_{split}.json`` or ``transforms.json``."""
+    root = Path(folder)
+    return (root / f"transforms_{split}.json").is_file() or (root / "transforms.json").is_file()
+
+
+def nerf_synthetic_objects(folder: str | Path, split: str = "train", background: float = 1.0,
+                           resolution: int | None = None, near: float = NEAR, far: float = FAR) -> PosedViews:
+    """A set of objects (n, V, H, W, 3) from a folder: the folder itself when it is one scene
+    (n = 1), else each of its subfolders that is one (sorted by name). Every object keeps its
+    first V views, V the fewest any of them has; all must share one image size and focal length
+    (after resizing to ``resolution``)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise MetaINRError(f"NeRF-synthetic folder not found: {root}")
+    if has_scene(root, split):
+        return nerf_synthetic(root, split, background, resolution, near, far).as_set()
+    scenes = sorted(d for d in root.iterdir() if d.is_dir() and has_scene(d, split))
+    if not scenes:
+        raise MetaINRError(f"{root} holds neither transforms_{split}.json / transforms.json nor subfolders with them")
+    check_signals(len(scenes), f"the scenes of {root}")
+    objects = [nerf_synthetic(d, split, background, resolution, near, far) for d in scenes]
+    first = objects[0]
+    for d, v in zip(scenes, objects):
+        if v.images.shape[1:3] != first.images.shape[1:3] or not math.isclose(v.focal, first.focal, rel_tol=1e-5):
+            raise MetaINRError(f"{d}: {v.width}x{v.height} images with focal {v.focal:.4g} differ from {scenes[0]}'s "
+                               f"{first.width}x{first.height} with focal {first.focal:.4g}")
+    n_views = min(v.images.shape[0] for v in objects)
+    stack = lambda get: torch.stack([get(v)[:n_views] for v in objects])  # noqa: E731
+    return PosedViews(stack(lambda v: v.images), stack(lambda v: v.poses), first.focal, near, far,
+                      stack(lambda v: v.masks), name=f"{root.name}-{split}")

@@ -95,7 +95,7 @@ def general_scores(task: Task, field: nn.Module, params: Mapping[str, Tensor], q
     in chunks of about ``chunk / P``.
     """
     params = {n: p.detach() for n, p in params.items()}
-    c = values.shape[-1]
+    c = int(field.config.out_dim)  # the field's output channels; observations may have others (views: rgb of 4)
     with torch.no_grad():  # the width of the features the last layer reads, from one probe point
         probe = values.new_zeros(1, field.config.in_dim)
         width = functional_call(field, params, (probe,), {"return_features": True})[1].shape[-1]

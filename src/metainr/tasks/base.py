@@ -177,6 +177,11 @@ class Task:
         """The files :meth:`write` would write for ``path`` (checked against a command's inputs first)."""
         return [Path(path)]
 
+    def turntable(self, field_fn: FieldFn, params: Mapping[str, Tensor], n_views: int) -> Tensor:
+        """(n_views, H, W, 3) renders of ONE signal's field (params name -> tensor) from cameras
+        turning around it, for tasks that have cameras (``metainr render``)."""
+        raise NotImplementedError(f"task {self.name!r} has no cameras to render from")
+
     def tokens(self, batch: Batch) -> Tensor:
         """(B, T, F) input tokens of a hypernetwork (TransINR) for the batch's signals."""
         raise NotImplementedError(f"task {self.name!r} has no tokenizer for a hypernetwork")

@@ -1,0 +1,83 @@
+"""``metainr render``: a field seen from cameras turning around it, as a PNG strip and a GIF.
+
+The source is a checkpoint (its learned init: what a fit starts from) or a fitted field (``fit
+--save-field``, compact or not); both name their task, which says where its cameras are
+(:meth:`metainr.tasks.Task.turntable`; tasks without cameras refuse in one line).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MetaINRError
+from ..fields import FieldConfig, build_field
+from ..functional import field_function
+from ..store import atomic_write_bytes, check_outputs, load_tensors
+from ..tasks import build_task
+from .common import Selection, add_device, user_errors
+from .options import positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction, sel: Selection) -> None:
+    p = sub.add_parser("render", help="render a field from cameras turning around it (tasks with cameras: views)",
+                       description="Render a checkpoint's learned init or a fitted field (fit --save-field) from "
+                                   "N cameras on a turntable: a PNG strip and an animated GIF.")
+    p.add_argument("source", help="a checkpoint or a fitted field (.safetensors); its task comes with it")
+    p.add_argument("--views", type=positive_int, default=8, help="cameras around the object (default: 8)")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="pixels a side (default: the task's)")
+    p.add_argument("--out", default=None, help="PNG strip (default: SOURCE.turntable.png); the GIF goes beside it")
+    p.add_argument("--frame-ms", type=positive_int, default=120, help="GIF frame duration (default: 120)")
+    add_device(p, {"source", "views", "resolution", "out", "frame-ms"})
+
+
+def _field_and_params(path: str, device: torch.device) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict]:
+    """(field, params of one signal, metadata) of a checkpoint or a fitted-field file."""
+    from ..compact import load_compact
+    from ..train import load_learner
+
+    tensors, meta = load_tensors(path)
+    if meta.get("learner"):
+        learner, meta = load_learner(path, device=device)
+        return learner.field, {n: p.detach() for n, p in learner.init_params().items()}, meta
+    if meta.get("compact"):
+        field, params = load_compact(path)
+        return field.to(device), {n: p.to(device) for n, p in params.items()}, meta
+    if not isinstance(meta.get("field"), dict):
+        raise MetaINRError(f"{path} is neither a checkpoint nor a fitted field (no field config)")
+    with user_errors(f"{path}: "):
+        field = build_field(FieldConfig.from_dict(meta["field"])).to(device)
+    names = {n: p for n, p in field.named_parameters()}
+    if set(names) != set(tensors) or any(tensors[n].shape != p.shape for n, p in names.items()):
+        raise MetaINRError(f"{path}: its tensors do not match the field its config describes")
+    return field, {n: tensors[n].to(device) for n in names}, meta
+
+
+def run_render(args: argparse.Namespace, sel: Selection) -> int:
+    from PIL import Image
+
+    out = Path(args.out) if args.out else Path(args.source).with_suffix(".turntable.png")
+    gif = out.with_suffix(".gif")
+    check_outputs([out, gif], [args.source])
+    field, params, meta = _field_and_params(args.source, sel.device or torch.device("cpu"))
+    if not meta.get("task"):
+        raise MetaINRError(f"{args.source} names no task: render needs one with cameras (e.g. views)")
+    with user_errors(f"{args.source}: "):
+        task = build_task(meta["task"], **({"resolution": args.resolution} if args.resolution else {}))
+        with torch.no_grad():
+            views = task.turntable(field_function(field), params, args.views)
+    frames = (views.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)  # (V, H, W, 3)
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate(list(frames), axis=1)).save(buf, format="PNG")
+    atomic_write_bytes(out, buf.getvalue())
+    images = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=args.frame_ms, loop=0)
+    atomic_write_bytes(gif, buf.getvalue())
+    print(f"wrote {out} and {gif} ({args.views} views, task '{task.name}')", file=sys.stderr)
+    return 0

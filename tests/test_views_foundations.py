@@ -289,3 +289,24 @@ def test_rays_and_rendering_make_every_tensor_on_the_device_of_their_inputs():
     rgb = render_rays(field_fn, {"w": torch.zeros(3, 4, device="meta")}, origins[0], dirs[0], 1.0, 5.0, 8,
                       background=torch.ones(3, device="meta"))
     assert rgb.device.type == "meta" and rgb.shape == (16, 3)
+
+
+def test_photos_show_one_chair_under_each_photos_own_lighting():
+    """learnit's Phototourism setting offline: every photo the same geometry, its own light."""
+    from metainr.data.box_objects import Lighting, box_objects, photo_scene, render_views, shade
+
+    a, b = box_objects("photos", "train", count=2, views=1, resolution=16), box_objects("photos", "test", count=1,
+                                                                                       views=1, resolution=16)
+    assert a.images.shape == (2, 1, 16, 16, 3) and b.images.shape == (1, 1, 16, 16, 3)
+    obj = photo_scene(None)
+    c2w = a.poses[0].double()
+    lit = [render_views(obj, c2w, 16, 16, a.focal, lighting=Lighting((0, 0, 1), 0.2, (1.0, 0.8, 0.6)))[0],
+           render_views(obj, c2w, 16, 16, a.focal, lighting=Lighting((1, 0, 0), 0.4, (0.7, 1.0, 1.2)))[0]]
+    masks = [render_views(obj, c2w, 16, 16, a.focal, lighting=Lighting((0, 0, 1), 0.2))[1],
+             render_views(obj, c2w, 16, 16, a.focal)[1]]
+    assert torch.equal(masks[0], masks[1]) and masks[0].sum() > 0  # the same silhouette under any light
+    assert (lit[0] - lit[1]).abs().max() > 0.1
+    # a face looking at the light: tint * colour * (ambient + (1 - ambient) * 1), clipped
+    up, colour = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.5, 0.9]])
+    out = shade(up, colour, Lighting((0, 0, 2), 0.3, (1.0, 0.5, 1.5)))
+    assert torch.allclose(out, torch.tensor([[0.5, 0.25, 1.0]]))

@@ -7,8 +7,10 @@ on the surface only, not on the viewer, so a view-independent radiance field can
 
 Objects live in the world of :mod:`.cameras` (+z up), within :data:`OBJECT_RADIUS` of the origin,
 and may be rotated about +z. Two classes: chairs (seat, back, four legs) and tables (top, four
-legs), with random proportions and colours. Object ``i`` of a split depends only on
-``(seed, split, kind, i)``, so a longer list starts the same way and splits never share a seed.
+legs), with random proportions and colours; and ``photos`` (learnit's Phototourism setting,
+offline): ONE chair photographed under a random light direction, ambient level and colour cast per
+photo. Object ``i`` of a split depends only on ``(seed, split, kind, i)``, so a longer list starts
+the same way and splits never share a seed.
 """
 from __future__ import annotations
 
@@ -33,6 +35,26 @@ AMBIENT = 0.35
 SPLITS = ("train", "val", "test")
 NERF_SYNTHETIC_FOV = 0.6911112070083618
 """camera_angle_x of NeRF-synthetic's scenes (radians)"""
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """How a photo is lit: a directional light + ambient, and a colour cast on everything lit."""
+
+    light: tuple[float, float, float] = LIGHT
+    """direction towards the light, world axes"""
+    ambient: float = AMBIENT
+    """the share of a box's colour that every face shows"""
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """per-channel gain of the reflected colour (clipped to [0, 1] after shading)"""
+
+
+def random_lighting(rng: np.random.Generator) -> Lighting:
+    """A light on the upper hemisphere (at least 15 degrees up), ambient in [0.15, 0.5], a colour
+    cast of gains in [0.6, 1.25] per channel."""
+    azimuth, elevation = rng.uniform(0, 2 * math.pi), rng.uniform(math.radians(15), math.radians(85))
+    light = (math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation))
+    return Lighting(light, float(rng.uniform(0.15, 0.5)), tuple(rng.uniform(0.6, 1.25, 3).tolist()))
 
 
 @dataclass(frozen=True)
@@ -106,7 +128,18 @@ def table(rng: np.random.Generator, rotate: bool = False) -> BoxObject:
     return _object(boxes, [frame] * 4 + [board], rng, rotate)
 
 
-KINDS: dict[str, Callable[..., BoxObject]] = {"chairs": chair, "tables": table}
+PHOTO_SCENE = 20240601
+"""the seed of the one chair that ``photos`` shows (every split, every photo)"""
+
+
+def photo_scene(rng: np.random.Generator, rotate: bool = False) -> BoxObject:
+    """The one chair of the ``photos`` class (``rng`` and ``rotate`` do not change it)."""
+    return chair(np.random.default_rng(PHOTO_SCENE), False)
+
+
+KINDS: dict[str, Callable[..., BoxObject]] = {"chairs": chair, "tables": table, "photos": photo_scene}
+RELIT = {"photos"}
+"""kinds whose objects differ by their lighting (each photo a random :class:`Lighting`)"""
 
 
 def _turn(v: Tensor, angle: float) -> Tensor:
@@ -139,15 +172,17 @@ def cast_rays(obj: BoxObject, origins: Tensor, directions: Tensor) -> tuple[Tens
     return nearest, normal, colours[box] * hit[:, None]
 
 
-def shade(normal: Tensor, colour: Tensor) -> Tensor:
-    """Lambertian + ambient: ``colour * (AMBIENT + (1 - AMBIENT) * max(0, n . light))`` (R, 3) in [0, 1]."""
-    light = torch.tensor(LIGHT, dtype=normal.dtype, device=normal.device)
+def shade(normal: Tensor, colour: Tensor, lighting: Lighting = Lighting()) -> Tensor:
+    """Lambertian + ambient: ``tint * colour * (ambient + (1 - ambient) * max(0, n . light))``
+    (R, 3), clipped to [0, 1]."""
+    light = torch.tensor(lighting.light, dtype=normal.dtype, device=normal.device)
     lambert = (normal @ (light / light.norm())).clamp(min=0.0)
-    return colour * (AMBIENT + (1.0 - AMBIENT) * lambert)[:, None]
+    tint = torch.tensor(lighting.tint, dtype=normal.dtype, device=normal.device)
+    return (tint * colour * (lighting.ambient + (1.0 - lighting.ambient) * lambert)[:, None]).clamp(0.0, 1.0)
 
 
 def render_views(obj: BoxObject, c2w: Tensor, height: int, width: int, focal: float, background: float = 1.0,
-                 supersample: int = 1) -> tuple[Tensor, Tensor]:
+                 supersample: int = 1, lighting: Lighting = Lighting()) -> tuple[Tensor, Tensor]:
     """Render an object from cameras c2w (V, 4, 4): rgb (V, H, W, 3) in [0, 1], mask (V, H, W).
 
     Pixels sample their centres (the rays of :func:`.cameras.camera_rays`); ``supersample`` s > 1
@@ -161,7 +196,7 @@ def render_views(obj: BoxObject, c2w: Tensor, height: int, width: int, focal: fl
     origins, directions = camera_rays(c2w, height * s, width * s, focal * s)
     depth, normal, colour = cast_rays(obj, origins.reshape(-1, 3), directions.reshape(-1, 3))
     hit = torch.isfinite(depth).to(c2w.dtype)[:, None]
-    rgb = shade(normal, colour) * hit + background * (1.0 - hit)
+    rgb = shade(normal, colour, lighting) * hit + background * (1.0 - hit)
     both = torch.cat([rgb, hit], dim=-1).reshape(v, height, s, width, s, 4).mean(dim=(2, 4))
     return both[..., :3], both[..., 3]
 
@@ -192,9 +227,10 @@ def box_objects(kind: str = "chairs", split: str = "train", count: int = 100, vi
     for i in range(count):
         rng = np.random.default_rng([seed, SPLITS.index(split), list(KINDS).index(kind), i])
         obj = make(rng, rotate)
+        lighting = random_lighting(rng) if kind in RELIT else Lighting()
         cameras = orbit_cameras(views, elevation_range, radius, torch.Generator().manual_seed(int(rng.integers(2**62))),
                                 dtype=torch.float64)
-        rgb, mask = render_views(obj, cameras, resolution, resolution, focal, background, supersample)
+        rgb, mask = render_views(obj, cameras, resolution, resolution, focal, background, supersample, lighting)
         images.append(rgb)
         masks.append(mask)
         poses.append(cameras)

@@ -59,7 +59,7 @@ class ViewsConfig(Config):
     resolution: int = 32
     """view width in pixels: procedural views are rendered at it, files resized to it"""
     views: int = 25
-    """chairs / tables: posed views per object"""
+    """chairs / tables / photos: posed views per object"""
     input_views: int = 1
     """views a test-time (and validation) fit sees, each object's first ones; metrics score the others"""
     rays: int = 256
@@ -83,9 +83,9 @@ class ViewsConfig(Config):
     rotate: bool = False
     """chairs / tables: turn each object by a random angle about the vertical axis"""
     count: int = 500
-    """chairs / tables: procedural training objects"""
+    """chairs / tables / photos: procedural training objects (photos: lightings of one chair)"""
     val_count: int = 4
-    """chairs / tables: procedural validation (and test) objects"""
+    """chairs / tables / photos: procedural validation (and test) objects"""
 
     def __post_init__(self) -> None:
         if min(self.resolution, self.views, self.input_views, self.rays, self.count, self.val_count) < 1:

@@ -36,6 +36,7 @@ from torch import Tensor
 from ..config import Config
 from ..data.box_objects import KINDS, NERF_SYNTHETIC_FOV, box_objects
 from ..data.cameras import PosedViews, camera_rays, focal_from_fov, orbit_cameras
+from ..data.meshes import mesh_objects
 from ..data.nerf_synthetic import FAR, NEAR, nerf_synthetic_objects, read_scene, transforms_file
 from ..errors import MetaINRError
 from ..functional import FieldFn
@@ -59,7 +60,7 @@ class ViewsConfig(Config):
     resolution: int = 32
     """view width in pixels: procedural views are rendered at it, files resized to it"""
     views: int = 25
-    """chairs / tables / photos: posed views per object"""
+    """chairs / tables / photos / meshes: posed views per object"""
     input_views: int = 1
     """views a test-time (and validation) fit sees, each object's first ones; metrics score the others"""
     rays: int = 256
@@ -81,11 +82,11 @@ class ViewsConfig(Config):
     patch_size: int = 0
     """side of the patches a hypernetwork reads (0: the smallest giving at most 8 patches a side)"""
     rotate: bool = False
-    """chairs / tables: turn each object by a random angle about the vertical axis"""
+    """chairs / tables / meshes: turn each object by a random angle about the vertical axis"""
     count: int = 500
-    """chairs / tables / photos: procedural training objects (photos: lightings of one chair)"""
+    """chairs / tables / photos / meshes: training objects (photos: lightings of one chair; meshes: at most 800)"""
     val_count: int = 4
-    """chairs / tables / photos: procedural validation (and test) objects"""
+    """chairs / tables / photos / meshes: validation (and test) objects (meshes: at most 100)"""
 
     def __post_init__(self) -> None:
         if min(self.resolution, self.views, self.input_views, self.rays, self.count, self.val_count) < 1:
@@ -270,19 +271,24 @@ class ViewsTask(Task):
 
     # -- files --------------------------------------------------------------------------------------
     def load(self, source: str, split: str) -> PosedViews:
-        """``chairs`` / ``tables`` (procedural: ``count`` objects for train, ``val_count`` for val
-        and test, disjoint seeds; ``views`` random views each, ``rotate``), a NeRF-synthetic folder
-        (one scene) or a folder of them, or one transforms json -> n objects (n, V, H, W, 3)."""
+        """``chairs`` / ``tables`` / ``photos`` (procedural: ``count`` objects for train, ``val_count``
+        for val and test, disjoint seeds; ``views`` random views each, ``rotate``), ``meshes``
+        (pybullet's random meshes, the same way: :func:`metainr.data.meshes.mesh_objects`), a
+        NeRF-synthetic folder (one scene) or a folder of them, or one transforms json -> n objects
+        (n, V, H, W, 3)."""
         cfg = self.config
-        if source in KINDS:
-            views = box_objects(source, split, cfg.count if split == "train" else cfg.val_count, cfg.views,
-                                cfg.resolution, rotate=cfg.rotate, background=cfg.background)
+        if source in KINDS or source == "meshes":
+            count = cfg.count if split == "train" else cfg.val_count
+            views = (mesh_objects(split, count, cfg.views, cfg.resolution, rotate=cfg.rotate, background=cfg.background)
+                     if source == "meshes" else
+                     box_objects(source, split, count, cfg.views, cfg.resolution, rotate=cfg.rotate,
+                                 background=cfg.background))
             near, far = self.depth_range(views)
             return dataclasses.replace(views, near=near, far=far, masks=None)
         path = Path(source)
         if not path.exists():
-            raise MetaINRError(f"unknown views dataset {source!r}: chairs, tables, a NeRF-synthetic folder or a "
-                               "transforms json")
+            raise MetaINRError(f"unknown views dataset {source!r}: chairs, tables, photos, meshes, a NeRF-synthetic "
+                               "folder or a transforms json")
         near, far = cfg.near or NEAR, cfg.far or FAR
         if path.is_file():
             return read_scene(path, cfg.background, cfg.resolution, near, far).as_set()

@@ -210,6 +210,17 @@ def load_mesh(folder: Path, angle: float = 0.0) -> MeshObject:
     return MeshObject.normalised(vertices, faces, read_urdf_colour(folder / f"{folder.name}.urdf"), angle)
 
 
+def _next_usable(folder: Path, ids: list[int], candidates, angle: float, split: str, count: int) -> MeshObject:
+    """The next mesh of the permutation that reads (pybullet's random_urdfs/168 holds NaN vertices:
+    such files are skipped, so object i stays a function of (seed, split, i) given the data)."""
+    for k in candidates:
+        try:
+            return load_mesh(folder / f"{ids[k]:03d}", angle)
+        except MetaINRError:
+            continue
+    raise MetaINRError(f"{folder} holds fewer than count={count} readable {split} meshes")
+
+
 def mesh_objects(split: str = "train", count: int = 100, views: int = 25, resolution: int = 32, seed: int = 0,
                  rotate: bool = False, radius: float = 4.0, camera_angle_x: float = NERF_SYNTHETIC_FOV,
                  background: float = 1.0, root: str | Path | None = None,
@@ -233,10 +244,11 @@ def mesh_objects(split: str = "train", count: int = 100, views: int = 25, resolu
     order = np.random.default_rng([seed, SPLITS.index(split), 7]).permutation(len(ids))
     focal = focal_from_fov(camera_angle_x, resolution)
     images, masks, poses = [], [], []
+    candidates = iter(order)
     for i in range(count):
         rng = np.random.default_rng([seed, SPLITS.index(split), 7, i])
         angle = float(rng.uniform(0.0, 2 * math.pi)) if rotate else 0.0
-        obj = load_mesh(folder / f"{ids[order[i]]:03d}", angle)
+        obj = _next_usable(folder, ids, candidates, angle, split, count)
         cameras = orbit_cameras(views, elevation_range, radius, torch.Generator().manual_seed(int(rng.integers(2**62))),
                                 dtype=torch.float64)
         rgb, mask = render_mesh_views(obj, cameras, resolution, resolution, focal, background)

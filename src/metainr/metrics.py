@@ -33,19 +33,17 @@ def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5, device: torch.de
     return w / w.sum()
 
 
-def ssim(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
+def ssim(pred: Tensor, target: Tensor, data_range: float = 1.0, band_values: int = 1 << 21) -> Tensor:
     """Per-signal SSIM with a Gaussian window (sigma 1.5), averaged over channels.
 
     Matches ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, data_range=...)`` on the interior (valid) region.
-    pred, target: (B, H, W, C) -> (B,).
+    pred, target: (B, H, W, C) -> (B,). Computed in bands of output rows (each with its window's
+    halo) of about ``band_values`` values, so memory stays bounded at any image size.
     """
     if pred.shape != target.shape or pred.dim() != 4:
         raise ValueError(f"ssim expects two (B, H, W, C) tensors, got {tuple(pred.shape)} and {tuple(target.shape)}")
-    dtype = pred.dtype
-    x = pred.clamp(0.0, data_range).permute(0, 3, 1, 2).double()
-    y = target.permute(0, 3, 1, 2).double()
-    b, c, h, w = x.shape
+    b, h, w, c = pred.shape
     win = _gaussian_window(device=pred.device)
     k = win.numel()
     if h < k or w < k:
@@ -56,10 +54,18 @@ def ssim(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
     def blur(t: Tensor) -> Tensor:
         return F.conv2d(F.conv2d(t, kh, groups=c), kw, groups=c)
 
-    mx, my = blur(x), blur(y)
-    vx = blur(x * x) - mx * mx
-    vy = blur(y * y) - my * my
-    cxy = blur(x * y) - mx * my
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return s.mean(dim=(1, 2, 3)).to(dtype)
+    rows_out = h - k + 1
+    band = max(1, band_values // max(1, b * w * c) - (k - 1))
+    total = pred.new_zeros(b, dtype=torch.float64)
+    for r0 in range(0, rows_out, band):
+        r1 = min(r0 + band, rows_out)
+        x = pred[:, r0:r1 + k - 1].clamp(0.0, data_range).permute(0, 3, 1, 2).double()
+        y = target[:, r0:r1 + k - 1].permute(0, 3, 1, 2).double()
+        mx, my = blur(x), blur(y)
+        vx = blur(x * x) - mx * mx
+        vy = blur(y * y) - my * my
+        cxy = blur(x * y) - mx * my
+        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        total += s.sum(dim=(1, 2, 3))
+    return (total / (rows_out * (w - k + 1) * c)).to(pred.dtype)

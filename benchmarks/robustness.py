@@ -10,7 +10,8 @@ that the limits let through.
    printing NaN / invalid JSON), and touched no file outside its outputs.
 2. The largest inputs the default limits accept, each fitted from a random init in a fresh
    process (1 step, the CLI as a user runs it): an image of exactly ``max_pixels`` (4096^2) and a
-   sinogram of sqrt(max_pixels) detectors; peak RSS (ru_maxrss) of each, beside a 512^2 image's.
+   sinogram of CT's largest slice (sqrt(max_pixels / CT_PIXEL_COST) = 1024 detectors); peak RSS
+   (ru_maxrss) of each, beside a 512^2 image's; and an image one row over the limit (refused).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_json  # noqa: E402
 
 from metainr.limits import Limits  # noqa: E402
+from metainr.tasks.ct import CT_PIXEL_COST  # noqa: E402
 
 LIMIT = 3 << 30
 CASES = textwrap.dedent("""
@@ -106,8 +108,9 @@ def worst_inputs() -> dict:
             out[name] = {"side": s, **peak_fit(["--threads", "2", "fit", f"{name}.png", "--init", "random", "--steps",
                                                 "1", "--out", f"{name}.recon.png"], tmp_path)}
             print(name, out[name], flush=True)
-        np.save(tmp_path / "sino.npy", rng.random((side, 4)).astype(np.float32))
-        out["sinogram_at_limit"] = {"detectors": side, "views": 4, **peak_fit(
+        detectors = int((limits.max_pixels // CT_PIXEL_COST) ** 0.5)  # CT's own limit on its slices
+        np.save(tmp_path / "sino.npy", rng.random((detectors, 4)).astype(np.float32))
+        out["sinogram_at_limit"] = {"detectors": detectors, "views": 4, **peak_fit(
             ["--threads", "2", "fit", "sino.npy", "--task", "ct", "--init", "random", "--steps", "1", "--out",
              "sino.recon.png"], tmp_path)}
         print("sinogram", out["sinogram_at_limit"], flush=True)

@@ -65,9 +65,18 @@ def check_pixels(count: int, what: str) -> None:
                            "or metainr.limits.use_limits(max_pixels=...))")
 
 
-def check_side(side: int, what: str) -> None:
-    """:func:`check_pixels` for a square signal of side ``side``."""
-    check_pixels(side * side, f"{what} ({side}x{side})")
+def check_side(side: int, what: str, cost: int = 1) -> None:
+    """:func:`check_pixels` for a square signal of side ``side`` whose every pixel costs ``cost``
+    samples' memory (a task that holds many values per pixel at once, e.g. CT)."""
+    if cost == 1:
+        check_pixels(side * side, f"{what} ({side}x{side})")
+        return
+    limit = current_limits().max_pixels
+    if side * side * cost > limit:
+        raise MetaINRError(f"{what} ({side}x{side}) is over the limit: {side}x{side} pixels x {cost} (what each pixel "
+                           f"holds at once) > {limit:,}, i.e. at most {int((limit // cost) ** 0.5)}x"
+                           f"{int((limit // cost) ** 0.5)} (raise it with --max-pixels, or "
+                           "metainr.limits.use_limits(max_pixels=...))")
 
 
 def check_signals(count: int, what: str) -> None:

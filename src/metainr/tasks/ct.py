@@ -33,6 +33,10 @@ from .ct_geometry import (PlanCache, Taps, bilinear_taps, chord_integrals, gathe
 
 SAMPLINGS = ("pixels", "field")
 MIN_DETECTORS = 8
+CT_PIXEL_COST = 16
+"""CT holds the whole slice's field activations at once (every line integral needs every pixel):
+a 4096^2 slice was killed for memory here, so CT slices count 16 samples a pixel against
+``max_pixels`` (1024^2 by default, a few GB)"""
 
 
 def parse_angles(text: str) -> np.ndarray:
@@ -83,7 +87,7 @@ def read_sinogram(path: str | Path) -> Tensor:
     if array.ndim != 2 or array.shape[0] < MIN_DETECTORS or not np.issubdtype(array.dtype, np.number):
         raise MetaINRError(f"the sinogram must be a numeric (n_detectors >= {MIN_DETECTORS}, n_views) array, got "
                            f"shape {array.shape}")
-    check_side(array.shape[0], f"sinogram {file}: {array.shape[0]} detectors make an image")
+    check_side(array.shape[0], f"sinogram {file}: {array.shape[0]} detectors make an image", CT_PIXEL_COST)
     if not np.all(np.isfinite(array)):
         raise MetaINRError(f"sinogram {file} holds NaN or infinite values")
     return torch.from_numpy(array.astype(np.float32))
@@ -149,7 +153,7 @@ class CTConfig(Config):
             raise ValueError(f"val_views must be positive view counts, got {self.val_views}")
         if self.count < 1 or self.val_count < 1:
             raise ValueError(f"count and val_count must be >= 1, got {self.count}, {self.val_count}")
-        check_side(self.resolution, "a CT slice of this resolution")
+        check_side(self.resolution, "a CT slice of this resolution", CT_PIXEL_COST)
         check_pixels(self.resolution * self.n_samples, f"a CT view of {self.resolution} rays x n_samples {self.n_samples}")
         check_pixels(self.resolution * self.dense_views, f"a sinogram of {self.resolution} detectors x dense_views "
                      f"{self.dense_views}")

@@ -51,7 +51,7 @@ def run_plot(args: argparse.Namespace, sel: Selection) -> int:
         raise MetaINRError(f"no metrics.jsonl in {args.run}")
     records = read_metrics(path)
     if not records:
-        raise MetaINRError(f"{path} is empty")
+        raise MetaINRError(f"{path} holds no readable records")
     out = args.out or str(Path(args.run) / "training.png")
     check_outputs([out], [path, *Path(args.run).glob("*.safetensors"), Path(args.run) / "config.json"])
     plot_training(records, out)

@@ -203,8 +203,18 @@ def observe_batch(task: Task, field_fn: FieldFn, params: Mapping[str, Tensor], b
     q_dim = 0 if batch.per_signal_query else None
     observe = torch.vmap(lambda p, q: task.observe(field_fn, p, q), in_dims=(0, q_dim))
     n = batch.query.shape[-2]
-    parts = [observe(dict(params), batch.query[..., rows, :]) for rows in coordinate_chunks(n, chunk_rows)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    chunks = coordinate_chunks(n, chunk_rows)
+    if len(chunks) == 1:
+        return observe(dict(params), batch.query)
+    # written into one preallocated tensor: small parts kept between the chunks' large temporaries
+    # fragment glibc's heap (observing a 1024^2 image grew RSS by 445 MB with a list of parts, 146 here)
+    out = None
+    for rows in chunks:
+        part = observe(dict(params), batch.query[..., rows, :])
+        if out is None:
+            out = part.new_empty(part.shape[0], n, *part.shape[2:])
+        out[:, rows] = part
+    return out
 
 
 TASKS: dict[str, type[Task]] = {}

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from .base import Learner, TestRule
+from .batching import BATCHING, activation_mb, field_evaluations, hessian_vector_product
 from .context import (GRADNCP, POLICIES, ContextConfig, ContextPolicy, GradientRescaling, bootstrap_correction,
                       closed_form_scores, context_scores, general_scores, kept_count, select_context)
 from .maml import FOMAML, MAML, MAMLConfig, MetaSGD
@@ -69,8 +70,8 @@ def GradNCP(field: nn.Module, **options: Any) -> MAML:
     return build_learner(field, "gradncp", **options)  # type: ignore[return-value]
 
 
-__all__ = ["LEARNERS", "PRESETS", "POLICIES", "GRADNCP", "Learner", "TestRule", "MAML", "MAMLConfig", "FOMAML",
-           "MetaSGD", "Reptile", "ReptileConfig", "TransINR", "TransINRConfig", "GradNCP", "ContextConfig",
+__all__ = ["LEARNERS", "PRESETS", "POLICIES", "GRADNCP", "BATCHING", "Learner", "TestRule", "MAML", "MAMLConfig",
+           "FOMAML", "MetaSGD", "Reptile", "ReptileConfig", "TransINR", "TransINRConfig", "GradNCP", "ContextConfig",
            "ContextPolicy", "GradientRescaling", "bootstrap_correction", "closed_form_scores", "context_scores",
            "general_scores", "kept_count", "select_context", "build_learner", "learner_from_spec",
-           "learner_names", "resolve"]
+           "learner_names", "resolve", "activation_mb", "field_evaluations", "hessian_vector_product"]

@@ -1,6 +1,7 @@
 """MAML (second order), first-order MAML and Meta-SGD: one learner, three settings, any context policy."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -11,7 +12,10 @@ from ..config import Config
 from ..functional import LearningRates, Params, field_function, sgd_step
 from ..tasks.base import Batch, Task
 from .base import Learner, signal_rows
-from .context import bootstrap_correction, loss_and_grad
+from .batching import BATCHING, activation_mb, field_evaluations, hessian_vector_product
+from .context import bootstrap_correction, kept_count, loss_and_grad
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,16 +30,29 @@ class MAMLConfig(Config):
     """detach the inner gradients (first-order MAML)"""
     meta_sgd: bool = False
     """learn one inner step size per parameter (Meta-SGD)"""
-    batching: str = "loop"
-    """loop (one signal's graph alive at a time, least memory) | vmap (the meta-batch at once)"""
+    batching: str = "auto"
+    """auto (vmap if allowed and under vmap_budget_mb, else loop if under memory_budget_mb, else recompute)
+    | vmap (the meta-batch at once) | loop (one signal at a time) | recompute (one signal at a time,
+    inner steps recomputed in row chunks on the way back: least memory)"""
+    vmap_budget_mb: float = 200.0
+    """batching=auto: vmap when the vmapped meta-step's estimated activations (MiB) fit this (on CPU it
+    was faster only below ~200: small, narrow fields)"""
+    memory_budget_mb: float = 2048.0
+    """batching=auto: the loop keeps a signal's inner graph when its estimate (MiB) fits this, else recomputes"""
+    compile: bool = False
+    """torch.compile the vmapped meta-batch, or each signal's inner loop in the loop when no pruning
+    policy (a one-off compile of about a minute; eager if it fails)"""
     chunk_coords: int = 16384
-    """observations per chunk in full-signal passes (outer loss, scores, bootstrap)"""
+    """observations per chunk in full-signal passes (outer loss, scores, bootstrap, recomputed steps)"""
 
     def __post_init__(self) -> None:
         if self.inner_steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
-        if self.batching not in ("loop", "vmap"):
-            raise ValueError(f"batching must be 'loop' or 'vmap', got {self.batching!r}")
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {BATCHING}, got {self.batching!r}")
+        for name in ("vmap_budget_mb", "memory_budget_mb"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
 
 
 def _key(name: str) -> str:
@@ -51,10 +68,12 @@ class MAML(Learner):
     of ``theta_K`` on every observation (+ the bootstrap correction when on), averaged over the
     meta-batch. ``first_order`` detaches the inner gradients; ``meta_sgd`` learns alpha per parameter.
 
-    ``batching="loop"``: each signal's outer gradient is a chunked first-order pass followed by one
-    vector-Jacobian product through its inner loop, so one signal's graph is alive at a time;
-    ``"vmap"`` runs the whole meta-batch at once with ``torch.func`` (every inner step on the whole
-    shared context). Both give the same gradient.
+    Batching (see :mod:`metainr.meta.batching`; all give the same gradient): ``"loop"`` takes each
+    signal's outer gradient as a chunked first-order pass followed by one vector-Jacobian product
+    through its inner loop, so one signal's graph is alive at a time; ``"recompute"`` runs the inner
+    loop detached and goes back through it one Hessian-vector product per step, recomputed in row
+    chunks; ``"vmap"`` runs the whole meta-batch at once with ``torch.func`` (every inner step on the
+    whole shared context), compiled with ``compile``; ``"auto"`` picks by :meth:`batching_for`.
     """
 
     Config = MAMLConfig
@@ -62,7 +81,7 @@ class MAML(Learner):
     def __init__(self, field: nn.Module, config: MAMLConfig | None = None, context=None, **options) -> None:
         super().__init__(field, config, context, **options)
         cfg = self.config
-        if cfg.batching == "vmap" and (self.policy.prunes or self.context.boot_steps):
+        if cfg.batching == "vmap" and not self._vmap_fits_method():
             raise ValueError("batching='vmap' runs every inner step on the whole context: use batching='loop' "
                              "with a pruning context policy or the bootstrap correction")
         self.name = "metasgd" if cfg.meta_sgd else ("fomaml" if cfg.first_order else "maml")
@@ -70,11 +89,41 @@ class MAML(Learner):
         if cfg.meta_sgd:
             self.lrs = nn.ParameterDict(
                 {_key(n): nn.Parameter(torch.full_like(p, cfg.inner_lr)) for n, p in field.named_parameters()})
+        self._compiled: dict | bool = {}  # name -> compiled method (compile=True); False once compiling failed
 
     def inner_lrs(self) -> LearningRates:
         if self.lrs is None:
             return self.config.inner_lr
         return {n: self.lrs[_key(n)] for n, _ in self.field.named_parameters()}
+
+    def _vmap_fits_method(self) -> bool:
+        return not self.policy.prunes and not self.context.boot_steps
+
+    def batching_for(self, task: Task, batch: Batch) -> str:
+        """The batching a meta-step on ``batch`` runs with: the configured one, or for ``"auto"``
+        ``vmap`` when it is allowed (no pruning policy, no bootstrap correction, one context shared
+        by the batch) and the B signals' estimated activations fit ``vmap_budget_mb``, else ``loop``
+        when one signal's fit ``memory_budget_mb``, else ``recompute``. The estimate
+        (:func:`~metainr.meta.batching.activation_mb`) counts the field evaluations kept: vmap
+        ``B * (K * context + all rows)``, loop ``K * kept rows + one outer chunk`` (K -> 1 first order)."""
+        if self.config.batching != "auto":
+            return self.config.batching
+        steps = min(1, self.config.inner_steps) if self.config.first_order else self.config.inner_steps
+        params = {n: p.detach() for n, p in self.init_params().items()}
+        query, _, ctx = signal_rows(batch, 0)
+        context = query if ctx is None else query[ctx]
+        inner = field_evaluations(task, self.field, params, context)
+        shared = batch.context is None or isinstance(batch.context, Tensor)
+        if shared and self._vmap_fits_method():
+            evals = len(batch) * (steps * inner + field_evaluations(task, self.field, params, query))
+            if activation_mb(self.field, evals) <= self.config.vmap_budget_mb:
+                return "vmap"
+        if self.policy.prunes:
+            inner = field_evaluations(task, self.field, params,
+                                      context[: kept_count(context.shape[0], self.context.keep_ratio)])
+        outer = field_evaluations(task, self.field, params, query[: self.config.chunk_coords])
+        return "loop" if activation_mb(self.field, steps * inner + outer) <= self.config.memory_budget_mb \
+            else "recompute"
 
     def adapt(self, task: Task, query: Tensor, values: Tensor, trace: list[Tensor] | None = None) -> Params:
         """K inner steps of ONE signal from the init, differentiable w.r.t. the meta-parameters.
@@ -115,44 +164,109 @@ class MAML(Learner):
         return task.loss(task.observe(field_function(self.field), fast, query), values)
 
     def meta_gradient(self, task: Task, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        mode = self.batching_for(task, batch)
+        if mode == "vmap" and batch.context is not None and not isinstance(batch.context, Tensor):
+            raise ValueError("batching='vmap' needs one context shared by the meta-batch; use batching='loop'")
+        # compiled: the vmapped meta-batch, or each signal's inner loop when every step sees the whole context
+        if self.config.compile and self._compiled is not False and (mode == "vmap" or
+                                                                    (mode == "loop" and not self.policy.prunes)):
+            try:
+                return self._gradient(task, batch, mode, compiled=True)
+            except Exception as exc:  # no C++ toolchain, an op inductor lacks, ...: eager from now on
+                log.warning("torch.compile failed, running eager: %s", (str(exc).splitlines() or [repr(exc)])[0])
+                self._compiled = False
+        return self._gradient(task, batch, mode, compiled=False)  # an error of the task itself raises here
+
+    def _compiled_fn(self, name: str):
+        """``self.<name>`` compiled once per learner (torch.compile; dynamo guards recompile on new shapes)."""
+        assert isinstance(self._compiled, dict)
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(getattr(self, name))
+        return self._compiled[name]
+
+    def _gradient(self, task: Task, batch: Batch, mode: str,
+                  compiled: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         names, meta = zip(*self.named_parameters())
-        if self.config.batching == "vmap":
-            return self._vmap_gradient(task, batch, names, meta)
+        if mode == "vmap":
+            losses_of = self._compiled_fn("_batch_losses") if compiled else self._batch_losses
+            losses = losses_of(task, self.init_params(), self.inner_lrs(), batch.query, batch.values, batch.context)
+            grads = torch.autograd.grad(losses.mean(), meta, allow_unused=True)
+            total = {n: torch.zeros_like(p) if g is None else g for n, p, g in zip(names, meta, grads)}
+            return {"loss": losses.detach().mean()}, total
+        inner_loop = self._compiled_fn("_inner_loop") if compiled else None
         total, loss, n = self._zero_grads(), batch.values.new_zeros(()), len(batch)
         for b in range(n):
             query, values, ctx = signal_rows(batch, b)
             cq, cv = (query, values) if ctx is None else (query[ctx], values[ctx])
-            fast = self.adapt(task, cq, cv)
-            signal_loss, outer = self.outer_gradient(task, fast, query, values)
-            grads = torch.autograd.grad(list(fast.values()), meta, [outer[k] / n for k in fast], allow_unused=True)
+            if mode == "recompute":
+                signal_loss, fast, adjoint = self._recomputed(task, query, values, cq, cv)
+            else:
+                fast = inner_loop(task, self.init_params(), self.inner_lrs(), cq, cv) if inner_loop \
+                    else self.adapt(task, cq, cv)
+                signal_loss, adjoint = self.outer_gradient(task, fast, query, values)
+                fast, adjoint = list(fast.values()), [adjoint[k] for k in fast]
+            grads = torch.autograd.grad(fast, meta, [a / n for a in adjoint], allow_unused=True)
             for name, g in zip(names, grads):
                 if g is not None:
                     total[name] += g
             loss = loss + signal_loss / n
         return {"loss": loss}, total
 
-    def _vmap_gradient(self, task: Task, batch: Batch, names, meta) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        if batch.context is not None and not isinstance(batch.context, Tensor):
-            raise ValueError("batching='vmap' needs one context shared by the meta-batch; use batching='loop'")
-        ctx = slice(None) if batch.context is None else batch.context
-        q_dim = 0 if batch.per_signal_query else None
+    def _recomputed(self, task: Task, query: Tensor, values: Tensor, cq: Tensor,
+                    cv: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """ONE signal with its inner loop run detached: (outer loss, the meta-dependent tensors, their
+        adjoints), the adjoints found by going back through the K steps, each one Hessian-vector
+        product recomputed in row chunks: ``theta_{k+1} = theta_k - alpha g_k`` gives
+        ``lambda_k = lambda_{k+1} - H_k (alpha lambda_{k+1})`` and ``dL/dalpha -= lambda_{k+1} g_k``.
+        Memory: K detached params and gradients plus one chunk's graph."""
+        chunk, first_order = self.config.chunk_coords, self.config.first_order
+        init, lrs = self.init_params(), self.inner_lrs()
+        alphas = lrs if isinstance(lrs, float) else {n: t.detach() for n, t in lrs.items()}
+        params, steps = {n: p.detach() for n, p in init.items()}, []
+        for _ in range(self.config.inner_steps):
+            rows = self.policy.select(task, self.field, params, cq, cv, chunk)
+            q, v = (cq, cv) if rows is None else (cq[rows], cv[rows])
+            grads = loss_and_grad(task, self.field, params, q, v, chunk)[1]
+            steps.append((params, q, v, grads))
+            params = sgd_step(params, grads, alphas)
+        loss, adjoint = self.outer_gradient(task, params, query, values)
+        lr_adjoint = {n: torch.zeros_like(p) for n, p in params.items()}
+        for params_k, q, v, grads in reversed(steps):
+            if not isinstance(lrs, float):
+                lr_adjoint = {n: a - adjoint[n] * grads[n] for n, a in lr_adjoint.items()}
+            if not first_order:
+                scaled = {n: a * (alphas if isinstance(alphas, float) else alphas[n]) for n, a in adjoint.items()}
+                hv = hessian_vector_product(task, self.field, params_k, q, v, scaled, chunk)
+                adjoint = {n: a - hv[n] for n, a in adjoint.items()}
+        tensors, adjoints = list(init.values()), [adjoint[n] for n in init]
+        if not isinstance(lrs, float):
+            tensors, adjoints = tensors + list(lrs.values()), adjoints + [lr_adjoint[n] for n in lrs]
+        return loss, tensors, adjoints
+
+    def _inner_loop(self, task: Task, params: Params, lrs: LearningRates, query: Tensor, values: Tensor) -> Params:
+        """K inner steps of ONE signal on the whole of query (M, d), values (M, C), with
+        ``torch.func`` (what vmap and torch.compile trace): the adapted params."""
         fn = field_function(self.field)
         grad_fn = torch.func.grad(lambda p, q, v: task.loss(task.observe(fn, p, q), v))
+        for _ in range(self.config.inner_steps):
+            grads = grad_fn(params, query, values)
+            if self.config.first_order:
+                grads = {k: g.detach() for k, g in grads.items()}
+            params = sgd_step(params, grads, lrs)
+        return params
+
+    def _batch_losses(self, task: Task, params: Params, lrs: LearningRates, query: Tensor, values: Tensor,
+                      ctx: Tensor | None) -> Tensor:
+        """(B,) outer losses of the meta-batch, every signal's K inner steps at once (``vmap``).
+        query (N, d) shared or (B, N, d), values (B, N, C); ctx: shared context rows or None."""
+        fn = field_function(self.field)
 
         def adapted_loss(query: Tensor, values: Tensor) -> Tensor:
-            params = self.init_params()
-            cq, cv = query[ctx], values[ctx]
-            for _ in range(self.config.inner_steps):
-                grads = grad_fn(params, cq, cv)
-                if self.config.first_order:
-                    grads = {k: g.detach() for k, g in grads.items()}
-                params = sgd_step(params, grads, self.inner_lrs())
-            return task.loss(task.observe(fn, params, query), values)
+            cq, cv = (query, values) if ctx is None else (query[ctx], values[ctx])
+            fast = self._inner_loop(task, params, lrs, cq, cv)
+            return task.loss(task.observe(fn, fast, query), values)
 
-        losses = torch.vmap(adapted_loss, in_dims=(q_dim, 0))(batch.query, batch.values)
-        grads = torch.autograd.grad(losses.mean(), meta, allow_unused=True)
-        total = {n: torch.zeros_like(p) if g is None else g for n, p, g in zip(names, meta, grads)}
-        return {"loss": losses.detach().mean()}, total
+        return torch.vmap(adapted_loss, in_dims=(0 if query.dim() == 3 else None, 0))(query, values)
 
 
 def MetaSGD(field: nn.Module, **options) -> MAML:

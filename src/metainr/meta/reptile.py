@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..config import Config
 from ..functional import Adam, Params, field_function, sgd_step
 from ..tasks.base import Batch, Task
 from .base import Learner, TestRule, signal_rows
-from .context import bootstrap_correction
+from .batching import activation_mb, field_evaluations
+from .context import ContextConfig, bootstrap_correction, loss_and_grad
 
 
 @dataclass(frozen=True)
@@ -23,14 +25,23 @@ class ReptileConfig(Config):
     """inner step size (also the test-time step size)"""
     inner_optimizer: str = "sgd"
     """sgd | adam for the inner loop (and at test time)"""
+    batching: str = "auto"
+    """auto (vmap if allowed and under vmap_budget_mb, else loop) | vmap (the meta-batch at once) |
+    loop (one signal at a time, each step in row chunks)"""
+    vmap_budget_mb: float = 1024.0
+    """batching=auto: vmap when one inner step of the B signals is estimated to keep at most this (MiB)"""
     chunk_coords: int = 16384
-    """observations per chunk in full-signal passes (bootstrap correction, scores)"""
+    """observations per chunk in full-signal passes (looped inner steps, bootstrap correction, scores)"""
 
     def __post_init__(self) -> None:
         if self.inner_steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
         if self.inner_optimizer not in ("sgd", "adam"):
             raise ValueError(f"reptile inner_optimizer must be 'sgd' or 'adam', got {self.inner_optimizer!r}")
+        if self.batching not in ("auto", "vmap", "loop"):
+            raise ValueError(f"reptile batching must be 'auto', 'vmap' or 'loop', got {self.batching!r}")
+        if not 0 < self.vmap_budget_mb < float("inf"):
+            raise ValueError(f"vmap_budget_mb must be a positive number, got {self.vmap_budget_mb}")
 
 
 class Reptile(Learner):
@@ -38,12 +49,35 @@ class Reptile(Learner):
     (+ the first-order gradient of the bootstrap correction at theta_K, when on).
 
     Without a pruning context policy, and with one context shared by the batch, the whole batch
-    runs at once (``vmap``); otherwise signal by signal, each step on the rows the policy keeps.
+    can run at once (``vmap``); otherwise (or ``batching="loop"``) signal by signal, each step on
+    the rows the policy keeps, in row chunks. ``"auto"`` picks by :meth:`batching_for`.
     The trainer hands the result to its outer optimiser (Adam in the learnit setting).
     """
 
     Config = ReptileConfig
     name = "reptile"
+
+    def __init__(self, field: nn.Module, config: ReptileConfig | None = None, context: ContextConfig | None = None,
+                 **options: Any) -> None:
+        super().__init__(field, config, context, **options)
+        if self.config.batching == "vmap" and self.policy.prunes:
+            raise ValueError("batching='vmap' runs every inner step on the whole context: use batching='loop' "
+                             "with a pruning context policy")
+
+    def batching_for(self, task: Task, batch: Batch) -> str:
+        """The configured batching, or for ``"auto"``: ``vmap`` when allowed (no pruning policy, one
+        context shared by the batch) and one inner step of the B signals (first order: one graph at
+        a time) is estimated to fit ``vmap_budget_mb``, else ``loop``."""
+        mode = self.config.batching
+        if mode != "auto":
+            return mode
+        if self.policy.prunes or not (batch.context is None or isinstance(batch.context, Tensor)):
+            return "loop"
+        query, _, ctx = signal_rows(batch, 0)
+        params = {n: p.detach() for n, p in self.init_params().items()}
+        evals = field_evaluations(task, self.field, params, query if ctx is None else query[ctx])
+        return "vmap" if activation_mb(self.field, len(batch) * evals) <= self.config.vmap_budget_mb \
+            else "loop"
 
     def test_rule(self) -> TestRule:
         return TestRule(self.config.inner_optimizer, self.config.inner_lr, self._rescale())  # type: ignore[arg-type]
@@ -56,6 +90,8 @@ class Reptile(Learner):
 
     def _fit_together(self, task: Task, init: Params, batch: Batch) -> tuple[Params, Tensor]:
         """Every signal's K steps at once: (params name -> (B, *shape), losses (B,))."""
+        if batch.context is not None and not isinstance(batch.context, Tensor):
+            raise ValueError("batching='vmap' needs one context shared by the meta-batch; use batching='loop'")
         fn = field_function(self.field)
         ctx = slice(None) if batch.context is None else batch.context
         q_dim = 0 if batch.per_signal_query else None
@@ -75,24 +111,19 @@ class Reptile(Learner):
         return params, losses
 
     def _fit_one(self, task: Task, init: Params, query: Tensor, values: Tensor) -> tuple[Params, Tensor]:
-        """One signal's K steps, each on the rows the context policy keeps: (params, last loss)."""
-        fn = field_function(self.field)
+        """One signal's K steps, each on the rows the context policy keeps (in row chunks):
+        (params, last loss)."""
         params, optimizer, loss = dict(init), self._new_optimizer(), values.new_zeros(())
         for _ in range(self.config.inner_steps):
             rows = self.policy.select(task, self.field, params, query, values, self.config.chunk_coords)
             q, v = (query, values) if rows is None else (query[rows], values[rows])
-            leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-            with torch.enable_grad():
-                loss = task.loss(task.observe(fn, leaves, q), v)
-                grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
-            params = self._step(optimizer, {n: p.detach() for n, p in leaves.items()}, grads)
-            loss = loss.detach()
+            loss, grads = loss_and_grad(task, self.field, params, q, v, self.config.chunk_coords)
+            params = self._step(optimizer, params, grads)
         return params, loss
 
     def meta_gradient(self, task: Task, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         init = {n: p.detach() for n, p in self.init_params().items()}
-        shared = batch.context is None or isinstance(batch.context, Tensor)
-        if shared and not self.policy.prunes:
+        if self.batching_for(task, batch) == "vmap":
             fitted, losses = self._fit_together(task, init, batch)
         else:
             runs = []

@@ -60,7 +60,9 @@ JSON keys:
 - ``reach``: ``gradncp_k4`` / ``maml_k4`` -> ``tries`` (side, seconds, peak_rss_mb, ok or error;
   ONE outer step each, no warm-up, fresh process with RLIMIT_AS = ``as_limit_gib``), ``largest_side``
   (the largest side whose step stayed under ``budget_gib`` GiB peak RSS; None: not even the first),
-  ``stopped`` (why the sweep ended). SIREN 5x256, B=4, RGB, K=4.
+  ``stopped`` (why the sweep ended). SIREN 5x256, B=4, RGB, K=4, batching auto (``recompute`` past
+  its memory budget, so memory stays flat; MAML's sweep stops at 512² for time: a second-order step
+  on every row of a 1024² signal would take ~15 min here).
 - ``demo``: ``python -m metainr.cli --threads N demo --out TMP`` (``--quick`` with ``--smoke``) in a
   fresh process: ``wall_seconds``, ``quick``, ``headline`` and ``meta_train_seconds`` from its
   summary.json (``make demo`` adds only the venv check and ``--verbose``).
@@ -92,8 +94,8 @@ Wall time of the full run on 2 quiet cores, estimated from the issue's table (ef
 on the large steps) and the warm-up / budget rule: outer steps of configs a-e about 15 min (a, b:
 under a minute; c ~1.5 min; d ~5.5 min; e ~7 min: 178² MAML ~28 s and GradNCP K=16 ~47 s a step),
 the peer about 7.5 min (its 128² steps take ~55 s, 3 each), fit ~1 min, the demo ~5 min, the suite
-~2 min, the memory reach 20-40 min (one step per side: GradNCP K=4 ~0.2, 0.7, 1.5, 3, 6, 11 min at
-128..1024 if it fits them all; MAML until its first side over 4 GiB): about 55-70 min in all,
+~2 min, the memory reach ~20 min (one step per side: GradNCP K=4 ~0.2, 0.7, 3, 11 min at
+128, 256, 512, 1024; MAML ~0.1, 1, 4 min at 128, 256, 512): about 50-60 min in all,
 30 min with ``--skip-reach``. ``--smoke``: ~37 fresh processes (~1.5 s of imports each) and a
 ~40 s ``demo --quick``, about 2 min quiet; other processes on the machine stretch every part (the
 smoke took 5-7 min at a load average of 5-7 on 2 cores).
@@ -141,7 +143,7 @@ def settings(smoke: bool, threads: int) -> dict:
         fits = {"25": dict(side=12, channels=1, width=16, depth=4, batch=8, steps=5),
                 "64": dict(side=16, channels=3, width=32, depth=5, batch=4, steps=3),
                 "178": dict(side=32, channels=3, width=32, depth=5, batch=2, steps=3)}
-        reach = dict(sides=[16, 32], channels=3, width=32, depth=5, batch=4, k=4, budget_gib=4, as_limit_gib=8)
+        reach = dict(sides=dict(gradncp=[16, 32], maml=[16, 32]), channels=3, width=32, depth=5, batch=4, k=4, budget_gib=4, as_limit_gib=8)
         timing = dict(warmup=0, repeats=1, budget_s=5.0)
         timeouts = dict(step=300, peer=300, fit=300, reach=300, demo=600, suite=0, matmul=120)
         matmul_n = 1024
@@ -154,7 +156,7 @@ def settings(smoke: bool, threads: int) -> dict:
         fits = {"25": dict(side=25, channels=1, width=32, depth=4, batch=32, steps=300),
                 "64": dict(side=64, channels=3, width=256, depth=5, batch=8, steps=20),
                 "178": dict(side=178, channels=3, width=256, depth=5, batch=2, steps=10)}
-        reach = dict(sides=[128, 256, 384, 512, 768, 1024], channels=3, width=256, depth=5, batch=4, k=4,
+        reach = dict(sides=dict(gradncp=[128, 256, 512, 1024], maml=[128, 256, 512]), channels=3, width=256, depth=5, batch=4, k=4,
                      budget_gib=4, as_limit_gib=8)
         timing = dict(warmup=2, repeats=5, budget_s=60.0)
         timeouts = dict(step=1800, peer=1800, fit=1800, reach=1800, demo=1800, suite=1800, matmul=300)
@@ -433,7 +435,7 @@ def run_reach(runner: Runner, cfg: dict) -> dict:
     out = {}
     for name, learner in (("gradncp_k4", "gradncp"), ("maml_k4", "maml")):
         tries, largest, stopped = [], None, "every side fitted"
-        for side in rc["sides"]:
+        for side in rc["sides"][learner]:
             options = {"side": side, "channels": rc["channels"], "width": rc["width"], "depth": rc["depth"],
                        "batch": rc["batch"], "learner": learner, "inner_steps": rc["k"], "warmup": 0, "repeats": 1,
                        "budget": 0, "as_limit_gib": rc["as_limit_gib"]}

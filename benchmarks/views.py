@@ -234,9 +234,11 @@ def evaluate(cfg: dict, name: str, learner, data, out: dict) -> None:
     # every init's Adam lr picked on validation objects: random among random_lrs (on chairs; the same
     # random field serves the rotated class), meta among the learned rule's lr and a third and a tenth
     # of it (a 1-view fit runs longer than the inner loop)
-    if "random_lr_1_view" not in out["choices"].get("chairs", {}):
+    # (picked on this class's validation objects when chairs were not run first: a run of meshes only)
+    source = "chairs" if "random_lr_1_view" in out["choices"].get("chairs", {}) else name
+    if source == name:
         choices["random_lr_1_view"] = pick_lr(cfg["random_lrs"], task, rand_field, rand_init, val1, cfg["steps_1"])[1]
-    lr1 = out["choices"]["chairs"]["random_lr_1_view"]["picked"]
+    lr1 = out["choices"][source]["random_lr_1_view"]["picked"]
     meta_lrs = [rule.lrs, rule.lrs / 3, rule.lrs / 10]
     meta_lr, choices["meta_lr_1_view"] = pick_lr(meta_lrs, task, meta_field, meta_init, val1, cfg["steps_1"])
     meta = fitted(task, meta_field, meta_init, batch1, cfg["steps_1"], "adam", meta_lr)

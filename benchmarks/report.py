@@ -217,6 +217,16 @@ def speed(r: dict) -> list[str]:
                 + "; ".join(peer.get("guards") or ["none"]) + "."]
     elif "skipped" in peer:
         out += ["", f"Peer: {peer['skipped']}."]
+    compiled = r.get("compile", {})
+    if compiled:
+        out += ["", "**torch.compile** (`compile=True`, batching auto; compiled / eager, fresh processes each):", "",
+                *_table(["config", "learner", "eager s", "compiled s", "compiled / eager (s / MB)", "compile s"],
+                        [[c["steps"][key]["label"] if learner == next(iter(per)) else "", learner,
+                          num(x["eager"].get("seconds"), ".3f"), num(x["compiled"].get("seconds"), ".3f")
+                          + ("" if x["compiled"].get("compiled") is not False else " (failed: eager)"),
+                          f"{num(x.get('ratio_seconds'))} / {num(x.get('ratio_peak_rss'))}",
+                          num(x.get("compile_seconds"), ".1f")]
+                         for key, per in compiled.items() for learner, x in per.items()])]
     out += ["", "**fit throughput** (Adam from a random init):", "",
             *_table(["size", "field", "signals", "steps", "signal-steps / s", "MFU"],
                     [[f"{x['side']}² ×{x['channels']}", f"{x['depth']}×{x['width']}", x["batch"], x["steps"],

@@ -48,7 +48,8 @@ JSON keys:
   bootstrap steps at lr 5e-2, lambda 100) timed like ours (its step also does Adam, clipping and
   ``.item()`` logging), + ``ratio_seconds`` / ``ratio_peak_rss`` = metainr / peer for the same
   learner and config; or ``{"skipped": reason}``.
-- ``compile``: config key (a, b, c) -> maml (second order) / fomaml (first order) -> ``eager`` and
+- ``compile``: config key (a, b, c) -> maml (second order) / fomaml (first order) (+ gradncp at a, b,
+  where it vmaps) -> ``eager`` and
   ``compiled`` (the step record above, the learner built with ``compile=True``: batching auto, so the
   vmapped meta-batch at 25², each signal's inner loop at 64²; ``compiled`` names what was compiled, or
   False when compiling failed), ``ratio_seconds`` / ``ratio_peak_rss`` = compiled / eager and
@@ -161,7 +162,9 @@ def settings(smoke: bool, threads: int) -> dict:
         timing = dict(warmup=2, repeats=5, budget_s=60.0)
         timeouts = dict(step=1800, peer=1800, fit=1800, reach=1800, demo=1800, suite=1800, matmul=300)
         matmul_n = 2048
-    compile_cfg = dict(configs=["a", "c"] if smoke else ["a", "b", "c"], learners=["maml", "fomaml"])
+    # (config, learner) pairs measured eager and compiled; GradNCP compiles only where it vmaps (small signals)
+    compile_cfg = [(k, learner) for k in (["a", "c"] if smoke else ["a", "b", "c"]) for learner in ("maml", "fomaml")]
+    compile_cfg += [(k, "gradncp") for k in (["a"] if smoke else ["a", "b"])]
     return dict(steps=steps, learners=LEARNERS, peer_configs=["a", "c", "d"], compile=compile_cfg, **timing,
                 e_memory_cap_mb=8000, e_as_limit_gib=12, fit=fits, reach=reach, matmul_n=matmul_n, threads=threads,
                 smoke=smoke, timeouts_s=timeouts)
@@ -397,24 +400,23 @@ def run_compile(runner: Runner, cfg: dict) -> dict:
     timing = {k: cfg[k] for k in ("warmup", "repeats")}
     timing["budget"] = cfg["budget_s"]
     out: dict = {}
-    for key in cfg["compile"]["configs"]:
+    for key, learner in cfg["compile"]:
         shape = cfg["steps"][key]
-        out[key] = {}
-        for learner in cfg["compile"]["learners"]:
-            pair = {}
-            for compiled in (0, 1):
-                options = {**shape_options(shape), "learner": learner, "inner_steps": shape["k"], **timing,
-                           "compile": compiled}
-                r = runner.worker(f"compile_{key}_{learner}_{compiled}", "step", options, cfg["timeouts_s"]["step"])
-                pair["compiled" if compiled else "eager"] = r
-                print(f"compile {key}/{learner} {'compiled' if compiled else 'eager'}: {describe(r)}"
-                      + (f", compiled {r.get('compiled')}" if compiled else ""), flush=True)
-            e, c = pair["eager"], pair["compiled"]
-            if "seconds" in e and "seconds" in c:
-                pair["ratio_seconds"] = round(c["seconds"] / e["seconds"], 3)
-                pair["ratio_peak_rss"] = round(c["peak_rss_mb"] / e["peak_rss_mb"], 3)
-                pair["compile_seconds"] = round(sum(c.get("warmup_seconds", [])[:1]) - e["seconds"], 1)
-            out[key][learner] = pair
+        out.setdefault(key, {})
+        pair = {}
+        for compiled in (0, 1):
+            k = shape["k_gradncp"] if learner == "gradncp" else shape["k"]
+            options = {**shape_options(shape), "learner": learner, "inner_steps": k, **timing, "compile": compiled}
+            r = runner.worker(f"compile_{key}_{learner}_{compiled}", "step", options, cfg["timeouts_s"]["step"])
+            pair["compiled" if compiled else "eager"] = r
+            print(f"compile {key}/{learner} {'compiled' if compiled else 'eager'}: {describe(r)}"
+                  + (f", compiled {r.get('compiled')}" if compiled else ""), flush=True)
+        e, c = pair["eager"], pair["compiled"]
+        if "seconds" in e and "seconds" in c:
+            pair["ratio_seconds"] = round(c["seconds"] / e["seconds"], 3)
+            pair["ratio_peak_rss"] = round(c["peak_rss_mb"] / e["peak_rss_mb"], 3)
+            pair["compile_seconds"] = round(sum(c.get("warmup_seconds", [])[:1]) - e["seconds"], 1)
+        out[key][learner] = pair
     return out
 
 

@@ -159,7 +159,8 @@ def test_rescaled_step_has_the_pruned_gradient_norm():
 
 def test_gradncp_options_are_validated():
     field = Siren(out_dim=1, width=8, depth=3)
-    for bad in (dict(keep_ratio=0.0), dict(policy="magic"), dict(boot_steps=-1), dict(batching="vmap")):
+    for bad in (dict(keep_ratio=0.0), dict(policy="magic"), dict(boot_steps=-1),
+                dict(batching="vmap", policy="random"), dict(batching="threads")):
         with pytest.raises(ValueError):
             GradNCP(field, **bad)
 

@@ -85,10 +85,17 @@ def test_auto_vmaps_what_fits_the_budget_and_loops_or_recomputes_the_rest():
     # never vmap what vmap cannot run, whatever the budget
     per_signal = _batch(context=[torch.arange(6), torch.arange(6, 12), torch.arange(3)])
     assert picks(1e9, batch=per_signal) == "loop"
-    for options in (dict(policy="gradnorm"), dict(policy="random"), dict(boot_steps=2)):
-        assert picks(1e9, **options) == "loop", options
-    assert picks(1e9, name="gradncp") == "loop"
-    assert picks(1e9, 1e-9, name="gradncp") == "recompute"
+    assert picks(1e9, policy="random") == "loop"  # vmap cannot draw random contexts
+    # GradNCP's pruning (closed-form scores) and the bootstrap vmap on a directly observed field ...
+    for options in (dict(policy="gradnorm"), dict(boot_steps=2)):
+        assert picks(1e9, **options) == "vmap", options
+    assert picks(1e9, name="gradncp") == "vmap"
+    assert picks(1e-9, 1e-9, name="gradncp") == "recompute"
+    # ... but not through a forward model (the general score is a jacfwd per chunk)
+    two_point = build_learner(_field(), "gradncp", inner_steps=2, vmap_budget_mb=1e9)
+    assert two_point.batching_for(_TwoPointTask(), batch) == "loop"
+    with pytest.raises(ValueError, match="observes its field directly"):
+        build_learner(_field(), "gradncp", inner_steps=2, batching="vmap").meta_gradient(_TwoPointTask(), batch)
     # Reptile: vmap or its chunked loop
     assert picks(1e9, name="reptile") == "vmap"
     assert picks(1e-9, name="reptile") == "loop"
@@ -136,6 +143,20 @@ def test_recomputed_inner_steps_give_the_exact_meta_gradient(kind, options):
     in chunks of 5 rows on the way back, must give the gradient of autograd through the loop."""
     batch = _batch(n=16)
     _assert_same(_gradients(kind, "recompute", batch, **options), _gradients(kind, "loop", batch, **options))
+
+
+@pytest.mark.parametrize("query", ["shared", "per-signal"])
+@pytest.mark.parametrize("kind, options", [
+    ("gradncp", dict(keep_ratio=0.5, boot_steps=3, boot_lr=0.2, boot_weight=2.0)),
+    ("metasgd", dict(policy="gradnorm", keep_ratio=0.25, boot_steps=2)),
+    ("fomaml", dict(policy="gradnorm", keep_ratio=0.5)),
+    ("maml", dict(boot_steps=2, boot_lr=0.1)),
+], ids=["gradncp", "metasgd-gradnorm-boot", "fomaml-gradnorm", "maml-boot"])
+def test_vmapped_pruning_and_bootstrap_give_the_loops_meta_gradient(kind, options, query):
+    """GradNCP vmapped: each signal's top rows by the closed-form score (topk under vmap) and the
+    bootstrap's first-order steps inside the vmapped loss, vs the row-by-row loop."""
+    batch = _batch(per_signal_query=query == "per-signal", n=16)
+    _assert_same(_gradients(kind, "vmap", batch, **options), _gradients(kind, "loop", batch, **options))
 
 
 @pytest.mark.parametrize("batching, options", [("vmap", {}), ("loop", {}), ("loop", dict(boot_steps=2))],

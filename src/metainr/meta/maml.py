@@ -13,7 +13,7 @@ from ..functional import LearningRates, Params, field_function, sgd_step
 from ..tasks.base import Batch, Task
 from .base import Learner, signal_rows
 from .batching import BATCHING, activation_mb, field_evaluations, hessian_vector_product
-from .context import bootstrap_correction, kept_count, loss_and_grad
+from .context import bootstrap_correction, closed_form_scores, kept_count, loss_and_grad, observes_directly
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ class MAML(Learner):
         super().__init__(field, config, context, **options)
         cfg = self.config
         if cfg.batching == "vmap" and not self._vmap_fits_method():
-            raise ValueError("batching='vmap' runs every inner step on the whole context: use batching='loop' "
-                             "with a pruning context policy or the bootstrap correction")
+            raise ValueError("batching='vmap' cannot draw random contexts: use batching='loop' with the random "
+                             "context policy")
         self.name = "metasgd" if cfg.meta_sgd else ("fomaml" if cfg.first_order else "maml")
         self.lrs = None
         if cfg.meta_sgd:
@@ -96,13 +96,17 @@ class MAML(Learner):
             return self.config.inner_lr
         return {n: self.lrs[_key(n)] for n, _ in self.field.named_parameters()}
 
-    def _vmap_fits_method(self) -> bool:
-        return not self.policy.prunes and not self.context.boot_steps
+    def _vmap_fits_method(self, task: Task | None = None) -> bool:
+        """Whether vmap can run this method: every inner step on the whole context, or on GradNCP's
+        top rows by the closed-form score (a task that observes its field directly); not random
+        contexts. The bootstrap correction vmaps too. ``task`` None: whatever the task."""
+        if self.context.policy == "random":
+            return False
+        return task is None or not self.policy.prunes or observes_directly(task)
 
     def batching_for(self, task: Task, batch: Batch) -> str:
         """The batching a meta-step on ``batch`` runs with: the configured one, or for ``"auto"``
-        ``vmap`` when it is allowed (no pruning policy, no bootstrap correction, one context shared
-        by the batch) and the B signals' estimated activations fit ``vmap_budget_mb``, else ``loop``
+        ``vmap`` when it is allowed (:meth:`_vmap_fits_method`; one context shared by the batch) and the B signals' estimated activations fit ``vmap_budget_mb``, else ``loop``
         when one signal's fit ``memory_budget_mb``, else ``recompute``. The estimate
         (:func:`~metainr.meta.batching.activation_mb`) counts the field evaluations kept: vmap
         ``B * (K * context + all rows)``, loop ``K * kept rows + one outer chunk`` (K -> 1 first order)."""
@@ -112,15 +116,14 @@ class MAML(Learner):
         params = {n: p.detach() for n, p in self.init_params().items()}
         query, _, ctx = signal_rows(batch, 0)
         context = query if ctx is None else query[ctx]
+        if self.policy.prunes:
+            context = context[: kept_count(context.shape[0], self.context.keep_ratio)]
         inner = field_evaluations(task, self.field, params, context)
         shared = batch.context is None or isinstance(batch.context, Tensor)
-        if shared and self._vmap_fits_method():
+        if shared and self._vmap_fits_method(task):
             evals = len(batch) * (steps * inner + field_evaluations(task, self.field, params, query))
             if activation_mb(self.field, evals) <= self.config.vmap_budget_mb:
                 return "vmap"
-        if self.policy.prunes:
-            inner = field_evaluations(task, self.field, params,
-                                      context[: kept_count(context.shape[0], self.context.keep_ratio)])
         outer = field_evaluations(task, self.field, params, query[: self.config.chunk_coords])
         return "loop" if activation_mb(self.field, steps * inner + outer) <= self.config.memory_budget_mb \
             else "recompute"
@@ -167,6 +170,9 @@ class MAML(Learner):
         mode = self.batching_for(task, batch)
         if mode == "vmap" and batch.context is not None and not isinstance(batch.context, Tensor):
             raise ValueError("batching='vmap' needs one context shared by the meta-batch; use batching='loop'")
+        if mode == "vmap" and not self._vmap_fits_method(task):
+            raise ValueError("batching='vmap' prunes contexts by the closed-form score, which needs a task that "
+                             f"observes its field directly ({type(task).__name__} does not): use batching='loop'")
         # compiled: the vmapped meta-batch, or each signal's inner loop when every step sees the whole context
         if self.config.compile and self._compiled is not False and (mode == "vmap" or
                                                                     (mode == "loop" and not self.policy.prunes)):
@@ -243,13 +249,22 @@ class MAML(Learner):
             tensors, adjoints = tensors + list(lrs.values()), adjoints + [lr_adjoint[n] for n in lrs]
         return loss, tensors, adjoints
 
-    def _inner_loop(self, task: Task, params: Params, lrs: LearningRates, query: Tensor, values: Tensor) -> Params:
-        """K inner steps of ONE signal on the whole of query (M, d), values (M, C), with
-        ``torch.func`` (what vmap and torch.compile trace): the adapted params."""
+    def _inner_loop(self, task: Task, params: Params, lrs: LearningRates, query: Tensor, values: Tensor,
+                    prune: bool = False) -> Params:
+        """K inner steps of ONE signal on query (M, d), values (M, C), with ``torch.func`` (what vmap
+        and torch.compile trace): the adapted params. ``prune``: each step sees the top keep_ratio rows
+        by the closed-form GradNCP score (a directly observed field), as ``adapt`` does row by row."""
         fn = field_function(self.field)
         grad_fn = torch.func.grad(lambda p, q, v: task.loss(task.observe(fn, p, q), v))
+        keep = kept_count(query.shape[0], self.context.keep_ratio)
         for _ in range(self.config.inner_steps):
-            grads = grad_fn(params, query, values)
+            q, v = query, values
+            if prune:
+                scores = closed_form_scores(self.field, {n: t.detach() for n, t in params.items()}, query, values,
+                                            self.config.chunk_coords)
+                rows = torch.topk(scores, keep, sorted=False).indices
+                q, v = query[rows], values[rows]
+            grads = grad_fn(params, q, v)
             if self.config.first_order:
                 grads = {k: g.detach() for k, g in grads.items()}
             params = sgd_step(params, grads, lrs)
@@ -257,14 +272,24 @@ class MAML(Learner):
 
     def _batch_losses(self, task: Task, params: Params, lrs: LearningRates, query: Tensor, values: Tensor,
                       ctx: Tensor | None) -> Tensor:
-        """(B,) outer losses of the meta-batch, every signal's K inner steps at once (``vmap``).
-        query (N, d) shared or (B, N, d), values (B, N, C); ctx: shared context rows or None."""
-        fn = field_function(self.field)
+        """(B,) outer losses of the meta-batch, every signal's K inner steps at once (``vmap``), the
+        bootstrap correction included when on. query (N, d) shared or (B, N, d), values (B, N, C);
+        ctx: shared context rows or None."""
+        fn, boot = field_function(self.field), self.context
+        grad_fn = torch.func.grad(lambda p, q, v: task.loss(task.observe(fn, p, q), v))
 
         def adapted_loss(query: Tensor, values: Tensor) -> Tensor:
             cq, cv = (query, values) if ctx is None else (query[ctx], values[ctx])
-            fast = self._inner_loop(task, params, lrs, cq, cv)
-            return task.loss(task.observe(fn, fast, query), values)
+            fast = self._inner_loop(task, params, lrs, cq, cv, prune=self.policy.prunes)
+            loss = task.loss(task.observe(fn, fast, query), values)
+            if boot.boot_steps and boot.boot_weight:  # as bootstrap_correction, first order on every row
+                target = {n: t.detach() for n, t in fast.items()}
+                for _ in range(boot.boot_steps):
+                    target = sgd_step(target, {n: g.detach() for n, g in grad_fn(target, query, values).items()},
+                                      boot.boot_lr)
+                squared = sum((fast[n] - target[n].detach()).pow(2).sum() for n in fast)
+                loss = loss + boot.boot_weight * torch.sqrt(squared + 1e-20)  # its gradient: bootstrap_correction's
+            return loss
 
         return torch.vmap(adapted_loss, in_dims=(0 if query.dim() == 3 else None, 0))(query, values)
 

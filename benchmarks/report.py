@@ -239,7 +239,10 @@ def speed(r: dict) -> list[str]:
                 f"K={rc['k']}, under {rc['budget_gib']} GiB peak RSS): " + "; ".join(
                     f"{name}: largest side **{x.get('largest_side')}** ("
                     + ", ".join(f"{t['side']}²: {num(t.get('peak_rss_mb'), '.0f')} MB" for t in x.get("tries", []))
-                    + f"; {x.get('stopped')})" for name, x in reach.items())]
+                    + f"; {x.get('stopped')})" for name, x in reach.items() if "tries" in x)]
+        if "source" in reach:
+            out[-1] += (f" (measured in a separate run at {reach['source']['threads']} thread(s): "
+                        f"{reach['source']['file']})")
     demo, suite = r.get("demo", {}), r.get("suite", {})
     out += ["", f"`metainr demo`{' --quick' if demo.get('quick') else ''}: "
             + (f"{num(demo.get('wall_seconds'), '.1f')} s" if "wall_seconds" in demo and "error" not in demo

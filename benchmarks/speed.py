@@ -3,6 +3,7 @@
     python benchmarks/speed.py --peer DIR [--out benchmarks/results/speed.json]   # the full run
     python benchmarks/speed.py --smoke [--peer DIR]     # tiny sizes, no warm-up, 1 timed step, no suite
     python benchmarks/speed.py --skip-demo --skip-suite --skip-reach             # steps, fit, peer only
+    python benchmarks/speed.py --only-reach --threads 1 --out R.json; python benchmarks/speed.py --reach-from R.json
 
 ``--peer DIR``: a checkout or plain export of https://github.com/jihoontack/GradNCP, or its bare git
 directory (e.g. the lead's mirror ``/work/.mirror/jihoontack+GradNCP/repo``), whose HEAD is then
@@ -160,7 +161,7 @@ def settings(smoke: bool, threads: int) -> dict:
         reach = dict(sides=dict(gradncp=[128, 256, 512, 1024], maml=[128, 256, 512]), channels=3, width=256, depth=5, batch=4, k=4,
                      budget_gib=4, as_limit_gib=8)
         timing = dict(warmup=2, repeats=5, budget_s=60.0)
-        timeouts = dict(step=1800, peer=1800, fit=1800, reach=1800, demo=1800, suite=1800, matmul=300)
+        timeouts = dict(step=1800, peer=1800, fit=1800, reach=3600, demo=1800, suite=1800, matmul=300)
         matmul_n = 2048
     # (config, learner) pairs measured eager and compiled; GradNCP compiles only where it vmaps (small signals)
     compile_cfg = [(k, learner) for k in (["a", "c"] if smoke else ["a", "b", "c"]) for learner in ("maml", "fomaml")]
@@ -503,6 +504,10 @@ def main() -> None:
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--skip-suite", action="store_true")
     ap.add_argument("--skip-reach", action="store_true")
+    ap.add_argument("--only-reach", action="store_true", help="measure the memory reach alone (e.g. at --threads 1 "
+                    "beside another job: it measures memory, and its step times are recorded as such)")
+    ap.add_argument("--reach-from", type=Path, default=None,
+                    help="take ``reach`` from an --only-reach run's JSON instead of measuring it (recorded)")
     ap.add_argument("--logs", type=Path, default=None, help="keep every worker's output here (default: a temp dir)")
     args = ap.parse_args()
     out_path = args.out or str(REPO / ("runs/speed_smoke.json" if args.smoke else "benchmarks/results/speed.json"))
@@ -532,18 +537,25 @@ def main() -> None:
                 peer = {"source": source, "skipped": source["error"]}
             print(f"peer: {source}", flush=True)
         result["peer"] = peer
-        run_steps(runner, cfg, result, peer, peer_path if "configs" in peer else "")
-        result["compile"] = run_compile(runner, cfg)
-        result["fit"] = run_fit(runner, cfg)
-        result["reach"] = {"skipped": "--skip-reach"} if args.skip_reach else run_reach(runner, cfg)
-        if args.skip_demo:
+        if not args.only_reach:
+            run_steps(runner, cfg, result, peer, peer_path if "configs" in peer else "")
+            result["compile"] = run_compile(runner, cfg)
+            result["fit"] = run_fit(runner, cfg)
+        if args.reach_from:
+            earlier = json.loads(args.reach_from.read_text())
+            result["reach"] = {**earlier["reach"], "source": {
+                "file": str(args.reach_from), "threads": earlier["config"]["threads"],
+                "load_average": earlier["load_average"], "total_seconds": earlier.get("total_seconds")}}
+        else:
+            result["reach"] = {"skipped": "--skip-reach"} if args.skip_reach else run_reach(runner, cfg)
+        if args.skip_demo or args.only_reach:
             result["demo"] = {"skipped": "--skip-demo"}
         else:
             print("demo ...", flush=True)
             result["demo"] = run_demo(runner, cfg)
             print(f"demo: {fmt(result['demo'].get('wall_seconds'), '.1f')} s"
                   + (f" error: {result['demo']['error']}" if "error" in result["demo"] else ""), flush=True)
-        if args.skip_suite or args.smoke:
+        if args.skip_suite or args.smoke or args.only_reach:
             result["suite"] = {"skipped": "--skip-suite" if args.skip_suite else "--smoke"}
         else:
             print("test suite ...", flush=True)
@@ -594,7 +606,7 @@ def print_table(r: dict) -> None:
               f"MFU {fmt(x.get('mfu'), '.2f')}"
               + (f" error: {x['error']}" if "error" in x else ""))
     for name, x in r.get("reach", {}).items():
-        if isinstance(x, dict):
+        if isinstance(x, dict) and "tries" in x:
             print(f"reach {name}: largest side {x.get('largest_side')} ({x.get('stopped')})")
     print(f"met: {r.get('met')}")
 

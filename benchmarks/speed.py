@@ -570,7 +570,7 @@ def main() -> None:
                 if "seconds" in r and "learner" in r:
                     r["gflop"] = round(step_flops(cfg["steps"][key], r["learner"]) / 1e9, 4)
                     r["mfu"] = round(r["gflop"] / r["seconds"] / rate, 4) if rate else None
-        for r in result["fit"].values():
+        for r in result.get("fit", {}).values():
             if "seconds" in r:
                 r["gflop"] = round(fit_flops(r) / 1e9, 4)
                 r["mfu"] = round(r["gflop"] / r["seconds"] / rate, 4) if rate else None

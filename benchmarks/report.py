@@ -273,7 +273,7 @@ def views(r: dict) -> list[str]:
                         [[c, f"{b['background']['novel_psnr']:.2f} / {b['background']['novel_ssim']:.3f}",
                           f"{b['mean_image']['novel_psnr']:.2f} / {b['mean_image']['novel_ssim']:.3f}"]
                          for c, b in r["baselines"].items()])]
-    out += ["", *_table(["target", "value", "needs", "met"],
+    out += [] if not r["targets"] else ["", *_table(["target", "value", "needs", "met"],
                         [[t["target"], "never" if t["value"] is None else t["value"], t["needs"],
                           "yes" if t["met"] else "**no**"]
                          for t in r["targets"]])]

@@ -251,6 +251,14 @@ def pytest_counts(text: str) -> dict:
     counts = {k: 0 for k in ("passed", "failed", "skipped", "errors", "xfailed", "xpassed")}
     for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)\b", summary):
         counts["errors" if word.startswith("error") else word] = int(n)
+    if not summary:  # -q twice (the command's and addopts') prints no summary line: count the progress marks
+        marks = "".join(re.sub(r"\s*\[\s*\d+%\]\s*$", "", line) for line in text.splitlines()
+                        if re.fullmatch(r"[.sFExX]+\s*\[\s*\d+%\]\s*", line))
+        for mark, key in ((".", "passed"), ("s", "skipped"), ("F", "failed"), ("E", "errors"), ("x", "xfailed"),
+                          ("X", "xpassed")):
+            counts[key] = marks.count(mark)
+        if marks:
+            summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) + " (from the progress marks)"
     return {**counts, "summary": summary.strip("= ")}
 
 

@@ -68,7 +68,7 @@ JSON keys:
 - ``demo``: ``python -m metainr.cli --threads N demo --out TMP`` (``--quick`` with ``--smoke``) in a
   fresh process: ``wall_seconds``, ``quick``, ``headline`` and ``meta_train_seconds`` from its
   summary.json (``make demo`` adds only the venv check and ``--verbose``).
-- ``suite``: ``python -m pytest -q -p no:cacheprovider`` in the repository (fresh process):
+- ``suite``: ``python -m pytest -p no:cacheprovider`` (``-q`` from pyproject) in the repository (fresh process):
   ``wall_seconds``, passed / failed / skipped / errors / xfailed / xpassed, ``summary``.
 - ``targets``: the issue's targets, each ``rule``, its numbers (``cells`` or ``value``) and ``met``
   (True / False; None where not measured): ``peer_half_time_no_more_memory`` (maml and gradncp at the
@@ -486,7 +486,7 @@ def run_suite(runner: Runner, cfg: dict) -> dict:
     runner.count += 1
     log = runner.logs / f"{runner.count:03d}_pytest.log"
     load = round(os.getloadavg()[0], 2)
-    err, wall, _ = run_logged([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=REPO,
+    err, wall, _ = run_logged([sys.executable, "-m", "pytest", "-p", "no:cacheprovider"], cwd=REPO,
                               env=runner.env(str(REPO / "src")), timeout=cfg["timeouts_s"]["suite"], log=log)
     out = {**pytest_counts(log.read_text()), "wall_seconds": wall, "load_1min": load}
     if err and not out["summary"]:

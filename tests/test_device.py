@@ -10,7 +10,8 @@ from metainr import ImageTask, MetaINRError, PositionalMLP, Siren, build_learner
 
 LEARNERS = [("maml", {}), ("fomaml", {}), ("metasgd", {}), ("reptile", {}), ("reptile", dict(inner_optimizer="adam")),
             ("gradncp", dict(inner_steps=2)), ("maml", dict(policy="random", boot_steps=1)),
-            ("maml", dict(batching="vmap"))]
+            ("maml", dict(batching="vmap")), ("maml", dict(batching="recompute")),
+            ("metasgd", dict(batching="recompute", policy="gradnorm")), ("gradncp", dict(inner_steps=2, batching="loop"))]
 
 
 def _meta_batch(task, images):

@@ -13,7 +13,8 @@ from ..functional import LearningRates, Params, field_function, sgd_step
 from ..tasks.base import Batch, Task
 from .base import Learner, signal_rows
 from .batching import BATCHING, activation_mb, field_evaluations, hessian_vector_product
-from .context import bootstrap_correction, closed_form_scores, kept_count, loss_and_grad, observes_directly
+from .context import (bootstrap_correction, closed_form_scores, kept_count, loss_and_grad, observes_directly,
+                      select_context)
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,9 @@ class MAML(Learner):
 
     def batching_for(self, task: Task, batch: Batch) -> str:
         """The batching a meta-step on ``batch`` runs with: the configured one, or for ``"auto"``
-        ``vmap`` when it is allowed (:meth:`_vmap_fits_method`; one context shared by the batch) and the B signals' estimated activations fit ``vmap_budget_mb``, else ``loop``
-        when one signal's fit ``memory_budget_mb``, else ``recompute``. The estimate
+        ``vmap`` when it is allowed (:meth:`_vmap_fits_method`; one context shared by the batch) and
+        the B signals' estimated activations fit ``vmap_budget_mb``, else ``loop`` when one signal's
+        fit ``memory_budget_mb``, else ``recompute``. The estimate
         (:func:`~metainr.meta.batching.activation_mb`) counts the field evaluations kept: vmap
         ``B * (K * context + all rows)``, loop ``K * kept rows + one outer chunk`` (K -> 1 first order)."""
         if self.config.batching != "auto":
@@ -119,8 +121,7 @@ class MAML(Learner):
         if self.policy.prunes:
             context = context[: kept_count(context.shape[0], self.context.keep_ratio)]
         inner = field_evaluations(task, self.field, params, context)
-        shared = batch.context is None or isinstance(batch.context, Tensor)
-        if shared and self._vmap_fits_method(task):
+        if batch.shared_context and self._vmap_fits_method(task):
             evals = len(batch) * (steps * inner + field_evaluations(task, self.field, params, query))
             if activation_mb(self.field, evals) <= self.config.vmap_budget_mb:
                 return "vmap"
@@ -168,7 +169,7 @@ class MAML(Learner):
 
     def meta_gradient(self, task: Task, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         mode = self.batching_for(task, batch)
-        if mode == "vmap" and batch.context is not None and not isinstance(batch.context, Tensor):
+        if mode == "vmap" and not batch.shared_context:
             raise ValueError("batching='vmap' needs one context shared by the meta-batch; use batching='loop'")
         if mode == "vmap" and not self._vmap_fits_method(task):
             raise ValueError("batching='vmap' prunes contexts by the closed-form score, which needs a task that "
@@ -256,13 +257,12 @@ class MAML(Learner):
         by the closed-form GradNCP score (a directly observed field), as ``adapt`` does row by row."""
         fn = field_function(self.field)
         grad_fn = torch.func.grad(lambda p, q, v: task.loss(task.observe(fn, p, q), v))
-        keep = kept_count(query.shape[0], self.context.keep_ratio)
         for _ in range(self.config.inner_steps):
             q, v = query, values
             if prune:
                 scores = closed_form_scores(self.field, {n: t.detach() for n, t in params.items()}, query, values,
                                             self.config.chunk_coords)
-                rows = torch.topk(scores, keep, sorted=False).indices
+                rows = select_context(scores, self.context.keep_ratio)
                 q, v = query[rows], values[rows]
             grads = grad_fn(params, q, v)
             if self.config.first_order:

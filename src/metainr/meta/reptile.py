@@ -71,7 +71,7 @@ class Reptile(Learner):
         mode = self.config.batching
         if mode != "auto":
             return mode
-        if self.policy.prunes or not (batch.context is None or isinstance(batch.context, Tensor)):
+        if self.policy.prunes or not batch.shared_context:
             return "loop"
         query, _, ctx = signal_rows(batch, 0)
         params = {n: p.detach() for n, p in self.init_params().items()}
@@ -90,7 +90,7 @@ class Reptile(Learner):
 
     def _fit_together(self, task: Task, init: Params, batch: Batch) -> tuple[Params, Tensor]:
         """Every signal's K steps at once: (params name -> (B, *shape), losses (B,))."""
-        if batch.context is not None and not isinstance(batch.context, Tensor):
+        if not batch.shared_context:
             raise ValueError("batching='vmap' needs one context shared by the meta-batch; use batching='loop'")
         fn = field_function(self.field)
         ctx = slice(None) if batch.context is None else batch.context

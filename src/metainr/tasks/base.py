@@ -58,6 +58,11 @@ class Batch:
         return self.query.dim() == 3
 
     @property
+    def shared_context(self) -> bool:
+        """True when one context (None: all rows, or one index tensor) serves every signal."""
+        return self.context is None or isinstance(self.context, Tensor)
+
+    @property
     def device(self) -> torch.device:
         return self.values.device
 
@@ -67,13 +72,11 @@ class Batch:
 
     def context_of(self, b: int) -> Tensor | None:
         """Context indices of signal ``b`` (None: all observations)."""
-        if self.context is None or isinstance(self.context, Tensor):
-            return self.context
-        return self.context[b]
+        return self.context if self.shared_context else self.context[b]
 
     def signals(self, index: slice) -> "Batch":
         """The signals ``index`` (a slice) of this batch."""
-        ctx = self.context if self.context is None or isinstance(self.context, Tensor) else self.context[index]
+        ctx = self.context if self.shared_context else self.context[index]
         return Batch(self.query[index] if self.per_signal_query else self.query, self.values[index], ctx,
                      None if self.reference is None else self.reference[index])
 

@@ -24,8 +24,8 @@ _EXPORTS = {
              "MetaSGD", "Reptile", "ReptileConfig", "TestRule", "TransINR", "TransINRConfig", "build_learner",
              "context_scores"],
     "metrics": ["mean_psnr", "psnr", "ssim"],
-    "tasks": ["TASKS", "Batch", "CTConfig", "CTTask", "ImageConfig", "ImageTask", "Task", "build_task",
-              "register_task"],
+    "tasks": ["TASKS", "Batch", "CTConfig", "CTTask", "ImageConfig", "ImageTask", "SDF2DConfig", "SDF2DTask",
+              "SDF3DConfig", "SDF3DTask", "SphereConfig", "SphereTask", "Task", "build_task", "register_task"],
     "train": ["PruneConfig", "PruneRounds", "TrainConfig", "iterative_pruning", "load_learner", "meta_train",
               "save_checkpoint", "task_from_meta"],
 }

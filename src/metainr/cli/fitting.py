@@ -37,7 +37,8 @@ def _common(p: argparse.ArgumentParser, sel: Selection, taken: set[str]) -> None
 def add_parsers(sub: argparse._SubParsersAction, sel: Selection) -> None:
     p = sub.add_parser("fit", help="fit one signal's file from a learned or a random init",
                        description=f"Fit one file of task '{sel.task}' (the options below depend on --init / --task).")
-    p.add_argument("file", help="the signal's file, as the task reads it (an image; a sinogram .npy for ct)")
+    p.add_argument("file", help="the signal's file, as the task reads it (an image; a sinogram .npy for ct; a "
+                   "transforms.json for views; a lat-lon .npy/.nc for sphere; a mask PNG for sdf2d; a mesh for sdf3d)")
     p.add_argument("--reference", default=None,
                    help="a file of the true signal for the metrics, where the observations are not the signal")
     p.add_argument("--steps", type=int, default=None, help="fitting steps (default: the checkpoint's inner or "

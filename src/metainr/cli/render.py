@@ -24,7 +24,7 @@ from .options import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction, sel: Selection) -> None:
-    p = sub.add_parser("render", help="render a field from cameras turning around it (tasks with cameras: views)",
+    p = sub.add_parser("render", help="render a field from cameras turning around it (tasks with cameras: views, sdf3d)",
                        description="Render a checkpoint's learned init or a fitted field (fit --save-field) from "
                                    "N cameras on a turntable: a PNG strip and an animated GIF.")
     p.add_argument("source", help="a checkpoint or a fitted field (.safetensors); its task comes with it")
@@ -66,7 +66,7 @@ def run_render(args: argparse.Namespace, sel: Selection) -> int:
     check_outputs([out, gif], [args.source])
     field, params, meta = _field_and_params(args.source, sel.device or torch.device("cpu"))
     if not meta.get("task"):
-        raise MetaINRError(f"{args.source} names no task: render needs one with cameras (e.g. views)")
+        raise MetaINRError(f"{args.source} names no task: render needs one with cameras (views, sdf3d)")
     with user_errors(f"{args.source}: "):
         task = build_task(meta["task"], **({"resolution": args.resolution} if args.resolution else {}))
         with torch.no_grad():

@@ -1,12 +1,15 @@
-"""Reading users' array files: one ``.npy`` reader for slices, sinograms and references."""
+"""Users' files: one ``.npy`` reader for slices, sinograms, grids and references, the listing of a
+folder of signals, and the grey PNG (+ .npy) writer of image-like reconstructions."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from ..errors import MetaINRError
-from ..limits import check_pixels
+from ..limits import check_pixels, check_signals
 
 
 def read_npy(path: str | Path, what: str = "array") -> np.ndarray:
@@ -37,3 +40,35 @@ def read_npy(path: str | Path, what: str = "array") -> np.ndarray:
     except (ValueError, OSError, EOFError, TypeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MetaINRError(f"cannot read {what} {file}: {reason}") from None
+
+
+def folder_files(folder: str | Path, suffixes: Iterable[str], what: str) -> list[Path]:
+    """The files of ``folder`` whose suffix (any case) is one of ``suffixes``, sorted by name. A
+    path that is not a folder, a folder without such files, or more files than ``max_signals``
+    is a one-line :class:`MetaINRError` naming ``what`` (e.g. "masks")."""
+    folder = Path(folder)
+    suffixes = {s.lower() for s in suffixes}
+    if not folder.is_dir():
+        raise MetaINRError(f"{folder} is not a folder of {what}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+    if not files:
+        raise MetaINRError(f"no {what} ({', '.join(sorted(suffixes))}) in folder {folder}")
+    check_signals(len(files), f"folder {folder}")
+    return files
+
+
+def write_grey(png: str | Path, image: np.ndarray, npy: str | Path | None = None) -> None:
+    """An image (H, W) of values in [0, 1] as an 8-bit grey PNG (clamped), and, with ``npy``, as
+    float32 .npy (not clamped), each written atomically."""
+    from PIL import Image
+
+    from ..store import atomic_write_bytes
+
+    image = np.asarray(image, dtype=np.float32)
+    buf = io.BytesIO()
+    Image.fromarray((image.clip(0, 1) * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG")
+    atomic_write_bytes(png, buf.getvalue())
+    if npy is not None:
+        buf = io.BytesIO()
+        np.save(buf, image, allow_pickle=False)
+        atomic_write_bytes(npy, buf.getvalue())

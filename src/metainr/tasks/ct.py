@@ -9,7 +9,6 @@ field describes is ``leaky_relu(field, negative_slope)``, zero outside the recon
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,10 @@ from torch import Tensor, nn
 
 from ..config import Config
 from ..data.ct import _read_slice, circle_mask, load_ct_images, pixel_spacing, view_angles
-from ..data.files import read_npy
+from ..data.files import read_npy, write_grey
 from ..errors import MetaINRError
 from ..limits import check_pixels, check_side, check_signals
 from ..functional import FieldFn
-from ..store import atomic_write_bytes
 from .base import Batch, Task, register_task
 from .ct_baselines import circle_psnr, circle_ssim
 from .ct_geometry import (PlanCache, Taps, bilinear_taps, chord_integrals, gather_sum, in_circle, parallel_beam_rays,
@@ -374,13 +372,6 @@ class CTTask(Task):
         image = image[..., 0] if image.dim() == 3 and image.shape[-1] == 1 else image
         if image.dim() != 2:
             raise ValueError(f"a CT image to write must be (n, n), got {tuple(signal.shape)}")
-        from PIL import Image
-
         png, npy = self.output_paths(path)
-        buf = io.BytesIO()
-        Image.fromarray((image.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG")
-        atomic_write_bytes(png, buf.getvalue())
-        buf = io.BytesIO()
-        np.save(buf, image.numpy().astype(np.float32), allow_pickle=False)
-        atomic_write_bytes(npy, buf.getvalue())
+        write_grey(png, image.numpy(), npy)
         return [png, npy]

@@ -100,6 +100,13 @@ def make_sandbox(root: Path) -> Path:
     (inp / "grey16.png").write_bytes(_png(np.full((8, 8), 32768, np.uint16), depth=16))
     np.save(inp / "sino.npy", rng.random((16, 4)).astype(np.float32))
     np.save(inp / "tall.npy", np.zeros((20000, 2), np.float32))
+    np.save(inp / "nan_map.npy", np.where(rng.random((8, 16)) < 0.5, np.nan, 0.5).astype(np.float32))
+    np.save(inp / "complex_map.npy", np.ones((8, 16), np.complex64))
+    (inp / "disc.png").write_bytes(_png(((np.hypot(*np.mgrid[-1:1:16j, -1:1:16j]) < 0.6) * 255).astype(np.uint8)))
+    (inp / "blank.png").write_bytes(_png(np.full((16, 16), 255, np.uint8)))
+    (inp / "junk.obj").write_text("v 0 0 0\nv 1 0 0\nf 1 2 9\nthis is not a mesh\n")
+    (inp / "empty.stl").write_bytes(b"")
+    (inp / "tet.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n")
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         code = main(["meta-train", *TINY_TRAIN, "--run", str(root / "in" / "run")])
     assert code == 0, "the sandbox's run failed"
@@ -223,6 +230,24 @@ def named_cases() -> list[Case]:
         Case("SIREN --w0 0 (found by the fuzz)", ["meta-train", *TINY_TRAIN, "--w0", "0", *run]),
         Case("16-bit grey fits as grey", ["fit", "in/grey16.png", "--init", "random", "--steps", "1", "--out",
                                           "out/g.png", "--json"], ["out/g.png"]),
+        Case("sphere grid holding NaN", ["fit", "in/nan_map.npy", "--init", "random", "--task", "sphere"]),
+        Case("complex sphere grid", ["fit", "in/complex_map.npy", "--init", "random", "--task", "sphere"]),
+        Case("sphere grid of another format", ["fit", "in/ckpt.safetensors", "--init", "random", "--task", "sphere"]),
+        Case("sphere climate count 1e9", ["meta-train", "--task", "sphere", "--count", "1000000000", *run]),
+        Case("sphere fit writes PNG + npy", ["fit", "in/sino.npy", "--init", "random", "--task", "sphere", "--steps",
+                                             "1", "--out", "out/s.png", "--json"], ["out/s.png", "out/s.npy"]),
+        Case("sdf2d mask without a boundary", ["fit", "in/blank.png", "--init", "random", "--task", "sdf2d"]),
+        Case("sdf2d resolution 1e6", ["fit", "in/disc.png", "--init", "random", "--task", "sdf2d", "--resolution",
+                                      "1000000"]),
+        Case("sdf2d fit writes PNG + level set", ["fit", "in/disc.png", "--init", "random", "--task", "sdf2d",
+                                                  "--resolution", "16", "--steps", "1", "--out", "out/d.png"],
+             ["out/d.png", "out/d.level.png"]),
+        Case("sdf3d junk OBJ", ["fit", "in/junk.obj", "--init", "random", "--task", "sdf3d"]),
+        Case("sdf3d empty STL", ["fit", "in/empty.stl", "--init", "random", "--task", "sdf3d"]),
+        Case("sdf3d samples 1e12", ["meta-train", "--task", "sdf3d", "--samples", "1000000000000", *run]),
+        Case("sdf3d grid 1e5", ["meta-train", "--task", "sdf3d", "--grid", "100000", *run]),
+        Case("sdf3d --out is the input mesh", ["fit", "in/tet.obj", "--init", "random", "--task", "sdf3d", "--out",
+                                               "in/tet.obj"]),
         Case("CT below 32^2 with validation", ["meta-train", "--task", "ct", "--resolution", "16", "--steps", "2",
                                                "--count", "4", "--val-count", "2", "--eval-every", "1",
                                                "--eval-steps", "1", *run], ["out/run"]),

@@ -79,8 +79,8 @@ class SDF3DConfig(Config):
         if not (math.isfinite(self.truncation) and self.truncation > 0):
             raise ValueError(f"truncation must be a positive number, got {self.truncation}")
         check_pixels(self.grid ** 3, f"a {self.grid}^3 grid")
-        check_pixels(self.samples, f"{self.samples} samples a shape")
-        check_pixels(self.surface_points, f"{self.surface_points} surface points a shape")
+        check_pixels(self.samples, "a shape's sample draw (--samples)")
+        check_pixels(self.surface_points, "a shape's surface draw (--surface-points)")
         check_pixels(self.resolution ** 2, f"renders of {self.resolution}x{self.resolution}")
 
 

@@ -200,3 +200,22 @@ def test_a_fit_stays_on_the_inputs_device():
     init = {k: v.detach()[None].expand(2, *v.shape) for k, v in field.named_parameters()}
     result = fit(task, field, init, batch, 1)
     assert result.psnr.device.type == "meta" and all(p.device.type == "meta" for p in result.params.values())
+
+
+def test_every_time_step_of_a_netcdf_file_is_a_signal(tmp_path):
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("netCDF4")
+    h, w, steps = 9, 16, 12
+    maps = _maps(steps, h, w).double().numpy()
+    ds = xr.Dataset({"t2m": (("time", "level", "lat", "lon"), np.stack([maps, 1 - maps], axis=1))},
+                    coords={"time": np.arange(steps), "level": [1000, 500], "lat": np.linspace(90, -90, h),
+                            "lon": np.arange(w) * 360.0 / w})
+    ds.to_netcdf(tmp_path / "era5.nc")
+    task = SphereTask(variable="t2m", vmin=0.0, vmax=1.0)
+    train, val, test = (task.load(str(tmp_path / "era5.nc"), s) for s in ("train", "val", "test"))
+    # 12 steps: train the first 11, validate on the last, test on all; level 0 of each step
+    assert (len(train), len(val), len(test)) == (11, 1, 12)
+    np.testing.assert_allclose(test.numpy(), maps, atol=1e-6)
+    np.testing.assert_allclose(val[0].numpy(), maps[-1], atol=1e-6)
+    # a fit reads one map: the first step
+    np.testing.assert_allclose(task.read(tmp_path / "era5.nc").reference[0, ..., 0].numpy(), maps[0], atol=1e-6)

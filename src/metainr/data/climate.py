@@ -120,25 +120,40 @@ def climate_maps(count: int, height: int = 46, width: int = 90, seed: int = 0, w
 def read_grid(path: str | Path, variable: str = "") -> np.ndarray:
     """One (H, W) float64 grid of a ``.npy`` (2-D) or NetCDF file (``variable`` at index 0 of
     every dim but lat/lon, e.g. the first time step), row 0 north. One-line MetaINRError on failure."""
+    return read_grids(path, variable, every_step=False)[0]
+
+
+def read_grids(path: str | Path, variable: str = "", every_step: bool = True) -> np.ndarray:
+    """The (T, H, W) float64 grids of a file, row 0 north: a ``.npy`` holds one (2-D); a NetCDF
+    variable one per step of its time dim (``every_step``; else the first) at index 0 of every
+    other dim (e.g. the first pressure level). The whole file's samples are checked against
+    ``max_pixels`` before it is read. One-line MetaINRError on failure."""
     file = Path(path)
     if file.suffix.lower() == ".nc":
-        grid = _read_netcdf(file, variable)
+        grids = _read_netcdf(file, variable, every_step)
     elif file.suffix.lower() == ".npy":
         grid = read_npy(file, "grid")
         if grid.dtype == np.bool_ or np.iscomplexobj(grid):
             raise MetaINRError(f"grid {file} holds {grid.dtype} values: need real numbers")
+        if grid.ndim != 2 or min(grid.shape) < 2:
+            raise MetaINRError(f"grid {file} must be a 2-D (lat, lon) array of at least 2x2, got shape {grid.shape}")
+        grids = grid[None]
     else:
         raise MetaINRError(f"grid {file} is neither .npy nor .nc")
-    if grid.ndim != 2 or min(grid.shape) < 2:
-        raise MetaINRError(f"grid {file} must be a 2-D (lat, lon) array of at least 2x2, got shape {grid.shape}")
-    grid = np.asarray(grid, dtype=np.float64)
-    if not np.isfinite(grid).all():
+    if min(grids.shape[1:]) < 2:
+        raise MetaINRError(f"grid {file} must be at least 2x2 (lat, lon), got {grids.shape[1]}x{grids.shape[2]}")
+    grids = np.asarray(grids, dtype=np.float64)
+    if not np.isfinite(grids).all():
         raise MetaINRError(f"grid {file} holds NaN or infinite values")
-    return grid
+    return grids
 
 
-def _read_netcdf(file: Path, variable: str) -> np.ndarray:
-    """The (lat, lon) slice of a NetCDF variable, north up and longitudes from 0 east."""
+TIME_DIMS = ("time", "valid_time", "t")
+"""names of the dim whose steps are separate signals (else the first dim that is not lat/lon)"""
+
+
+def _read_netcdf(file: Path, variable: str, every_step: bool) -> np.ndarray:
+    """The (T, lat, lon) slices of a NetCDF variable, north up and longitudes from 0 east."""
     try:
         import xarray
     except ImportError:
@@ -161,15 +176,25 @@ def _read_netcdf(file: Path, variable: str) -> np.ndarray:
             if not dims:
                 raise MetaINRError(f"variable {variable!r} of {file} has no lat/lon dims (it has {list(da.dims)})")
             lat, lon = dims
-            check_pixels(int(da.sizes[lat]) * int(da.sizes[lon]), f"grid {file} ({da.sizes[lat]}x{da.sizes[lon]})")
-            da = da.isel({d: 0 for d in da.dims if d not in dims}).transpose(lat, lon)
-            grid = np.asarray(da.values, dtype=np.float64)
+            others = [d for d in da.dims if d not in dims]
+            step = next((d for d in others if str(d).lower() in TIME_DIMS), others[0] if others else None)
+            steps = int(da.sizes[step]) if step is not None and every_step else 1
+            check_signals(steps, f"{file} ({step} steps)")
+            check_pixels(steps * int(da.sizes[lat]) * int(da.sizes[lon]),
+                         f"grid {file} ({steps} x {da.sizes[lat]}x{da.sizes[lon]})")
+            keep = {d: 0 for d in others if d != step or not every_step}
+            da = da.isel(keep)
+            if step is not None and every_step:
+                da = da.transpose(step, lat, lon)
+            else:
+                da = da.transpose(lat, lon).expand_dims("_step")
+            grids = np.asarray(da.values, dtype=np.float64)
             if lat in da.coords and da.sizes[lat] > 1 and float(da[lat][0]) < float(da[lat][-1]):
-                grid = grid[::-1]
+                grids = grids[:, ::-1]
             if lon in da.coords and da.sizes[lon] > 1:
                 order = np.argsort(np.mod(np.asarray(da[lon].values, dtype=np.float64), 360.0), kind="stable")
-                grid = grid[:, order]
-            return np.ascontiguousarray(grid)
+                grids = grids[:, :, order]
+            return np.ascontiguousarray(grids)
     except MetaINRError:
         raise
     except Exception as exc:  # netCDF4/h5 raise many kinds; a user's file must give one line
@@ -205,10 +230,11 @@ def load_climate(source: str, split: str, height: int = 0, width: int = 0, count
     """Maps (n, H, W) in [0, 1] of ``source`` for ``split`` (train | val | test).
 
     ``climate``: ``count`` (train) or ``val_count`` (val, test) procedural maps at height x width
-    (0: 46x90), disjoint seeds per split. A file: its one grid (every split). A folder of .npy /
-    .nc files (one grid each, all of one size, else MetaINRError): ``train`` all but its last 10%,
-    ``val`` that last 10% (needs 10 files or more), ``test`` every file. Files are not resized:
-    ``height`` / ``width``, when set, must match them.
+    (0: 46x90), disjoint seeds per split. A file or a folder of .npy / .nc files: every grid (a
+    .npy holds one, a NetCDF file one per time step; all of one size, else MetaINRError), in file
+    then time order; ``train`` all but the last 10%, ``val`` that last 10% (needs 10 grids or
+    more), ``test`` all; a single grid serves every split. Grids are not resized: ``height`` /
+    ``width``, when set, must match them.
     """
     if split not in SPLITS:
         raise MetaINRError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -220,19 +246,21 @@ def load_climate(source: str, split: str, height: int = 0, width: int = 0, count
         files = [path]
     elif path.is_dir():
         files = grid_files(path)
-        n_val = len(files) // 10
-        if split == "val" and not n_val:
-            raise MetaINRError(f"{path} holds {len(files)} grids: too few to hold back validation grids "
-                               "(10 or more are needed)")
-        files = files[:-n_val] if split == "train" and n_val else files[-n_val:] if split == "val" else files
     else:
         raise MetaINRError(f"dataset not found: {source!r} is neither 'climate' nor a file or folder")
-    maps = []
+    maps: list[Tensor] = []
     for f in files:
-        grid = read_grid(f, variable)
-        want = maps[0].shape if maps else (height or grid.shape[0], width or grid.shape[1])
-        if grid.shape != tuple(want):
-            raise MetaINRError(f"{f} is {grid.shape[0]}x{grid.shape[1]} but the grids must be {want[0]}x{want[1]} "
-                               "(grids are not resized)")
-        maps.append(normalize(grid, vmin, vmax))
+        for grid in read_grids(f, variable):
+            want = maps[0].shape if maps else (height or grid.shape[0], width or grid.shape[1])
+            if grid.shape != tuple(want):
+                raise MetaINRError(f"{f} is {grid.shape[0]}x{grid.shape[1]} but the grids must be "
+                                   f"{want[0]}x{want[1]} (grids are not resized)")
+            maps.append(normalize(grid, vmin, vmax))
+            check_signals(len(maps), f"dataset {path}")
+    n_val = len(maps) // 10
+    if len(maps) > 1:
+        if split == "val" and not n_val:
+            raise MetaINRError(f"{path} holds {len(maps)} grids: too few to hold back validation grids "
+                               "(10 or more are needed)")
+        maps = maps[:-n_val] if split == "train" and n_val else maps[-n_val:] if split == "val" else maps
     return torch.stack(maps)

@@ -295,7 +295,7 @@ def turntables(task, show, inits: dict, path: Path) -> None:
                 line.append(task.turntable(field_function(f), {n: t[b] for n, t in p.items()}, 4))
             rows.append(line)
     titles = ["truth", *inits]
-    fig, axes = plt.subplots(len(rows), len(titles), figsize=(3.2 * len(titles), 1.0 * len(rows)))
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(4.4 * len(titles), 1.5 * len(rows)), squeeze=False)
     for r, line in enumerate(rows):
         for c, views in enumerate(line):
             ax = axes[r, c]
@@ -304,7 +304,7 @@ def turntables(task, show, inits: dict, path: Path) -> None:
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(titles[c], fontsize=9)
-    fig.suptitle("held-out solids, four turntable views each (sphere-traced fields)", fontsize=10)
+    fig.suptitle("held-out solids, four turntable views each (sphere-traced fields)", fontsize=10, y=1.02)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 

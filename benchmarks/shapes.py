@@ -412,12 +412,15 @@ def main() -> None:
     parser.add_argument("--tasks", default="sphere,sdf2d,sdf3d")
     parser.add_argument("--out", default="benchmarks/results/shapes.json")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--round-steps", type=int, default=None, help="outer steps a pruning round (SDF 2D sparse rows)")
     parser.add_argument("--update", action="store_true",
                         help="replace only these tasks' results in --out, keeping the other tasks' (re-read at "
                              "every write, so runs of different tasks may share one file)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = settings(args.quick)
+    if args.round_steps:
+        cfg["sparse"]["round_steps"] = args.round_steps
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows, sparse, info = [], [], {}

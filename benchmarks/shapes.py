@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -51,25 +52,21 @@ def settings(quick: bool) -> dict:
                        "dense_seconds_from": "meta"}}
 
 
-def _mean(t: torch.Tensor) -> float:
-    t = t.float()
-    finite = t[torch.isfinite(t)]
-    return float(finite.clamp(max=60.0).mean()) if finite.numel() else float("nan")
+def _mean(t: torch.Tensor, cap: float = 60.0) -> float:
+    """Mean of the finite values (each capped at ``cap``; NaN when none is finite)."""
+    finite = t[torch.isfinite(t)].float()
+    return float(finite.clamp(max=cap).mean()) if finite.numel() else float("nan")
 
 
 def curves(task, field, init, batch, metrics, **rule) -> tuple[dict[str, list[float]], dict]:
     """Mean metrics at every step of STEPS, and the fitted params at each recorded step."""
     res = fit(task, field, init, batch, max(STEPS), record=STEPS, metrics=metrics, **rule)
-    out = {m: [_mean(res.metrics[m][:, i]) if m != "chamfer" else _finite_mean(res.metrics[m][:, i])
+    out = {m: [_mean(res.metrics[m][:, i]) if m != "chamfer" else _mean(res.metrics[m][:, i], cap=math.inf)
                for i in range(len(STEPS))] for m in res.metrics}
     if "chamfer" in res.metrics:  # shapes whose fitted field has no surface at all (Chamfer infinite)
         out["chamfer_empty"] = [int((~torch.isfinite(res.metrics["chamfer"][:, i])).sum()) for i in range(len(STEPS))]
     return out, res.params
 
-
-def _finite_mean(t: torch.Tensor) -> float:
-    finite = t[torch.isfinite(t)].float()
-    return float(finite.mean()) if finite.numel() else float("nan")
 
 
 def params_at(task, field, init, batch, steps: int, **rule) -> dict:

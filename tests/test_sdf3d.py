@@ -10,7 +10,8 @@ from metainr.data.solids import Primitive, Solid, mesh_sdf, primitive_sdf, solid
 from metainr.errors import MetaINRError
 from metainr.data.surfaces import chamfer_distance, grid_surface, surface_points
 from metainr.tasks.distance import sdf_to_values
-from metainr.tasks.sdf3d import SDF3DTask, draw_samples, lattice
+from metainr.data.images import grid_coords
+from metainr.tasks.sdf3d import SDF3DTask, draw_samples
 
 trimesh = pytest.importorskip("trimesh")
 EYE = tuple(map(tuple, np.eye(3).tolist()))
@@ -37,7 +38,7 @@ def test_analytic_sdfs_match_trimesh_signed_distances():
 
 def test_marching_cubes_sphere_radius_and_chamfer_of_concentric_spheres():
     g, r = 32, 0.6
-    coords = lattice(g, torch.float64)
+    coords = grid_coords(g, g, g, dtype=torch.float64)
     verts, faces = grid_surface(sdf_to_values(coords.norm(dim=-1) - r, 1.0).reshape(g, g, g).numpy())
     radii = np.linalg.norm(verts, axis=1)
     assert np.abs(radii - r).max() < 0.1 * 2 / (g - 1)  # within a tenth of a cell
@@ -49,7 +50,7 @@ def test_marching_cubes_sphere_radius_and_chamfer_of_concentric_spheres():
 
 def test_mesh_round_trip_ply_and_obj(tmp_path):
     task = SDF3DTask(grid=16)
-    coords = lattice(16)
+    coords = grid_coords(16, 16, 16)
     grid = sdf_to_values(coords.norm(dim=-1) - 0.5, 1.0).reshape(16, 16, 16)
     verts, faces = grid_surface(grid.numpy())
     for name in ("out.ply", "out.obj"):

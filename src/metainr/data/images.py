@@ -28,15 +28,16 @@ PATCH_TRAIN_PHOTOS = ("astronaut", "coffee", "hubble_deep_field", "immunohistoch
 PATCH_TEST_PHOTOS = ("chelsea", "cat", "rocket")
 
 
-def grid_coords(*shape: int, device: torch.device | str | None = None) -> Tensor:
-    """Coordinates of a pixel grid of ``shape`` (e.g. H, W): ``(prod(shape), len(shape))``.
+def grid_coords(*shape: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """Coordinates of a pixel (or voxel) grid of ``shape`` (e.g. H, W): ``(prod(shape), len(shape))``.
 
     Pixel centres are spread evenly over [-1, 1] per axis (meshgrid 'ij', endpoints included),
-    flattened in row-major order to match ``image.reshape(-1, C)``.
+    flattened in row-major order to match ``image.reshape(-1, C)``; ``dtype`` default: float32.
     """
     if not shape or any(s <= 0 for s in shape):
         raise ValueError(f"grid shape must be positive, got {shape}")
-    axes = [torch.linspace(-1.0, 1.0, s, device=device) if s > 1 else torch.zeros(1, device=device) for s in shape]
+    axes = [torch.linspace(-1.0, 1.0, s, device=device, dtype=dtype) if s > 1
+            else torch.zeros(1, device=device, dtype=dtype) for s in shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
 
 

@@ -34,6 +34,7 @@ from torch import Tensor
 from ..errors import MetaINRError
 from ..limits import check_signals
 from .files import folder_files
+from .images import grid_coords
 from .meshes import MAX_FACES, SPLIT_IDS, random_urdfs_root
 
 SOLID_RADIUS = 0.8
@@ -313,8 +314,7 @@ def solid_shape(solid: Solid, surface_count: int, seed: int, grid: int = 48) -> 
     gradient by central differences)."""
     from .surfaces import grid_surface, surface_points
 
-    axis = torch.linspace(-1, 1, grid, dtype=torch.float64)
-    coords = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    coords = grid_coords(grid, grid, grid, dtype=torch.float64)
     mesh = grid_surface(solid.sdf(coords).reshape(grid, grid, grid).numpy(), level=0.0)
     if mesh is None:
         raise ValueError("a procedural solid has no surface inside [-1, 1]^3")

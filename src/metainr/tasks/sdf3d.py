@@ -29,6 +29,7 @@ from torch import Tensor
 from ..config import Config
 from ..data.box_objects import NERF_SYNTHETIC_FOV
 from ..data.cameras import camera_rays, focal_from_fov, orbit_cameras
+from ..data.images import grid_coords
 from ..data.solids import Shape, file_shape, folder_meshes, procedural_solids, random_urdf_meshes
 from ..errors import MetaINRError
 from ..functional import FieldFn, coordinate_chunks
@@ -124,12 +125,6 @@ class SDFBatch(Batch):
                         surface=None if self.surface is None else self.surface.to(device))
 
 
-def lattice(side: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
-    """(side^3, 3) points of the [-1, 1]^3 lattice, 'ij' order (x slowest)."""
-    axis = torch.linspace(-1, 1, side, dtype=dtype, device=device)
-    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-
-
 def draw_samples(shape: Shape, count: int, seed: int | Sequence[int]) -> Tensor:
     """DeepSDF's sample draw (module docstring): points (count, 3) float64 in [-1, 1]^3, shuffled."""
     rng = np.random.default_rng(seed)
@@ -144,7 +139,7 @@ def draw_samples(shape: Shape, count: int, seed: int | Sequence[int]) -> Tensor:
 
 def sample_shapes(shapes: Sequence[Shape], samples: int, grid: int, seed: int = 0) -> Shapes:
     """Every shape's samples, true SDF there and on the lattice, and its surface points."""
-    coords = lattice(grid, torch.float64)
+    coords = grid_coords(grid, grid, grid, dtype=torch.float64)
     points, dists, grids, surface = [], [], [], []
     for i, shape in enumerate(shapes):
         p = draw_samples(shape, samples, [seed, 19, i])
@@ -195,7 +190,7 @@ class SDF3DTask(Task):
         """Field values (B, G, G, G) on the lattice, params name -> (B, *shape)."""
         g = self.config.grid
         like = next(iter(params.values()))
-        coords = lattice(g, like.dtype, like.device)
+        coords = grid_coords(g, g, g, device=like.device, dtype=like.dtype)
         probe = Batch(coords, coords.new_zeros(count, coords.shape[0], 1))
         return observe_batch(self, field_fn, params, probe, max(1, EVAL_ROWS // count))[..., 0].reshape(count, g, g, g)
 

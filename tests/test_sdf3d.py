@@ -122,3 +122,16 @@ def test_meta_learned_init_beats_random_after_two_steps():
                  **learner.test_rule().fit_options(task, learner.field))
     meta = mean_psnr(result.psnr[:, -1])
     assert meta > random + 3.5, (meta, random)
+
+
+def test_a_mesh_file_over_the_byte_limit_is_refused_before_parsing(tmp_path, monkeypatch):
+    import metainr.data.solids as solids
+    from metainr import MetaINRError
+
+    path = tmp_path / "big.obj"
+    path.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    monkeypatch.setattr(solids, "MAX_MESH_BYTES", 16)
+    monkeypatch.setattr(solids, "_trimesh", lambda: pytest.fail("the file was parsed"))
+    with pytest.raises(MetaINRError, match="big.obj has 32 bytes") as err:
+        solids.load_mesh_file(path)
+    assert "\n" not in str(err.value)

@@ -174,14 +174,23 @@ def _trimesh():
     return trimesh
 
 
+MAX_MESH_BYTES = 256 * MAX_FACES
+"""the largest mesh file read (checked before parsing): 256 bytes a triangle of MAX_FACES covers ASCII
+OBJ / PLY with normals and texture coordinates"""
+
+
 def load_mesh_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Vertices (V, 3) float64 and triangles (F, 3) int64 of a .obj / .ply / .stl file (via
     trimesh). A missing, unreadable or empty file, one with a non-finite vertex or over
-    :data:`metainr.data.meshes.MAX_FACES` triangles is a one-line MetaINRError naming it."""
-    trimesh = _trimesh()
+    :data:`metainr.data.meshes.MAX_FACES` triangles (or :data:`MAX_MESH_BYTES` bytes, checked before
+    parsing) is a one-line MetaINRError naming it."""
     path = Path(path)
     if not path.is_file():
         raise MetaINRError(f"mesh file {path} does not exist or is not a file")
+    if path.stat().st_size > MAX_MESH_BYTES:
+        raise MetaINRError(f"mesh file {path} has {path.stat().st_size:,} bytes, over the {MAX_MESH_BYTES:,} of "
+                           "metainr.data.solids.MAX_MESH_BYTES (256 bytes for each of MAX_FACES triangles)")
+    trimesh = _trimesh()
     try:
         mesh = trimesh.load(str(path), force="mesh", process=False)
         v = np.asarray(mesh.vertices, dtype=np.float64).reshape(-1, 3)

@@ -75,22 +75,22 @@ def params_at(task, field, init, batch, steps: int, **rule) -> dict:
 
 
 def field_config(task) -> FieldConfig:
-    return FieldConfig(**{**type(task).preset["field"], "in_dim": task.in_dim, "out_dim": task.out_dim})
+    return type(task).preset.field_config(task)
 
 
 def train_meta(task, train, cfg: dict, sparse: bool = False):
     """The task preset's learner meta-trained for the CPU-time budget."""
     preset = type(task).preset
     field_cfg = dataclasses.replace(field_config(task), sparse=sparse)
-    learner = build_learner(build_field(field_cfg), preset["learner"], **preset.get("learner_options", {}))
+    learner = build_learner(build_field(field_cfg), preset.learner, **preset.learner_options)
     steps_done = {}
     t0 = time.process_time()
     meta_train(learner, task, train, TrainConfig(steps=cfg["max_outer_steps"], batch_size=cfg["batch_size"],
-               outer_lr=preset["train"]["outer_lr"], log_every=10**9), progress=False,
+               outer_lr=preset.train["outer_lr"], log_every=10**9), progress=False,
                max_seconds=cfg["meta_seconds"], clock=time.process_time,
                callbacks=[_StepCounter(steps_done)])
     return learner, {"cpu_seconds": round(time.process_time() - t0, 1), "outer_steps": steps_done.get("step", 0),
-                     "learner": learner_record(preset["learner"], learner), "field": field_cfg.to_dict(),
+                     "learner": learner_record(preset.learner, learner), "field": field_cfg.to_dict(),
                      "params": count_parameters(learner.field)}
 
 
@@ -136,7 +136,7 @@ def run_task(name: str, cfg: dict, out_dir: Path, rows: list, info: dict) -> dic
 
     def add(init_kind: str, curve: dict, extra: dict | None = None) -> None:
         for i, s in enumerate(STEPS):
-            row = {"task": name, "learner": init_kind if init_kind != "meta" else type(task).preset["learner"],
+            row = {"task": name, "learner": init_kind if init_kind != "meta" else type(task).preset.learner,
                    "init": init_kind, "steps": s, **{m: round(curve[m][i], 4) for m in curve}, **(extra or {})}
             rows.append(row)
         print(f"  {init_kind:>8}: " + ", ".join(f"{m} " + " ".join(f"{v:.3f}" for v in curve[m]) for m in curve),
@@ -157,7 +157,7 @@ def run_task(name: str, cfg: dict, out_dir: Path, rows: list, info: dict) -> dic
     info[name]["random_lr_per_step"] = best_lr
     info[name]["random_per_lr"] = {f"{lr:g}": per_lr[lr] for lr in RANDOM_LRS}
 
-    print(f"[{name}] meta-training ({type(task).preset['learner']}) ...", flush=True)
+    print(f"[{name}] meta-training ({type(task).preset.learner}) ...", flush=True)
     learner, info[name]["meta"] = train_meta(task, train, cfg, sparse=(name == "sdf2d"))
     rule = learner.test_rule().fit_options(task, learner.field)
     meta_curve, _ = curves(task, learner.field, learner.signal_init(task, batch), batch, metrics, **rule)
@@ -329,7 +329,7 @@ def sparse_rows(state: dict, cfg: dict, info: dict) -> list[dict]:
     final = {}
     for method, how in (("meta_sparse", "magnitude"), ("random_prune", "random")):
         learner = copy.deepcopy(dense)
-        train_cfg = TrainConfig(steps=0, batch_size=cfg["batch_size"], outer_lr=preset["train"]["outer_lr"],
+        train_cfg = TrainConfig(steps=0, batch_size=cfg["batch_size"], outer_lr=preset.train["outer_lr"],
                                 log_every=10**9)
         iterative_pruning(learner, task, train, train_cfg, PruneConfig(rounds=sp["rounds"], fraction=sp["fraction"],
                           steps=sp["round_steps"], method=how), progress=False)
@@ -341,9 +341,9 @@ def sparse_rows(state: dict, cfg: dict, info: dict) -> list[dict]:
     width = narrow_width(field_cfg, final["meta_sparse"])
     narrow_cfg = dataclasses.replace(field_cfg, width=width, sparse=False)
     total = dense_steps + sp["rounds"] * sp["round_steps"]
-    narrow = build_learner(build_field(narrow_cfg), preset["learner"], **preset.get("learner_options", {}))
+    narrow = build_learner(build_field(narrow_cfg), preset.learner, **preset.learner_options)
     meta_train(narrow, task, train, TrainConfig(steps=total, batch_size=cfg["batch_size"],
-                                                outer_lr=preset["train"]["outer_lr"], log_every=10**9), progress=False)
+                                                outer_lr=preset.train["outer_lr"], log_every=10**9), progress=False)
     score("dense_narrow", narrow.field, {n: p.detach() for n, p in narrow.init_params().items()},
           (1 - sp["fraction"]) ** sp["rounds"], total)
     scratch = build_field(dataclasses.replace(narrow_cfg, seed=1))

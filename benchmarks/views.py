@@ -67,8 +67,8 @@ def settings(minutes: float, quick: bool = False, smoke: bool = False) -> dict:
     rotated chairs and TransINR get two thirds of it each."""
     preset = ViewsTask.preset
     cfg = dict(resolution=32, train_views=25, n_train=500, n_val=2, n_test=4, n_samples=32, rays=256,
-               field=dict(preset["field"], in_dim=3, out_dim=4), learner=dict(preset["learner_options"]),
-               batch_size=preset["train"]["batch_size"], outer_lr=preset["train"]["outer_lr"], eval_every=250,
+               field=dict(preset.field.to_dict(), in_dim=3, out_dim=4), learner=dict(preset.learner_options),
+               batch_size=preset.train["batch_size"], outer_lr=preset.train["outer_lr"], eval_every=250,
                eval_steps=16, transinr=dict(hyper_dim=128, hyper_depth=4, hyper_heads=4, n_groups=32),
                transinr_batch=8, transinr_lr=3e-4, random_lrs=[5e-4, 2e-3, 8e-3],
                steps_1=[0, 5, 10, 20, 50, 100], steps_25=[0, 5, 10, 20, 50, 100, 200, 500], meta_steps_25=100,

@@ -28,7 +28,7 @@ from ..limits import Limits, use_limits
 from ..meta import learner_names
 from ..tasks import TASKS
 from . import fitting, plots, render, train
-from .common import DEFAULT_LEARNER, DEFAULT_TASK, Selection, preset
+from .common import DEFAULT_TASK, Selection, preset
 from .options import Parser, positive_int
 
 log = logging.getLogger("metainr")
@@ -104,7 +104,7 @@ def select(argv: list[str]) -> Selection:
     sel.device = resolve_device(first.device)
     sel.task = first.task or DEFAULT_TASK
     if first.command == "meta-train":
-        sel.learner = first.learner or str(preset(sel.task).get("learner", DEFAULT_LEARNER))
+        sel.learner = first.learner or preset(sel.task).learner
     elif first.command in ("fit", "eval") and first.init not in (None, "random"):
         sel.loaded = load_learner(first.init, device=sel.device)
         spec = sel.loaded[1].get("task")

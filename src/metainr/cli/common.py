@@ -10,7 +10,7 @@ import argparse
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -18,15 +18,11 @@ from torch import nn
 from ..errors import MetaINRError
 from ..fields import FIELDS, FieldConfig, build_field
 from ..meta import Learner, TestRule
-from ..tasks import TASKS, Batch, Task, build_task
+from ..tasks import TASKS, Batch, Preset, Task, build_task
 from ..limits import Limits
 from .options import add_config_args, config_from_args, finite_float, given_options, positive_float, positive_int
 
 DEFAULT_TASK = "image"
-DEFAULT_LEARNER = "maml"
-DEFAULT_DATA = "faces"
-RANDOM_RULE = ("adam", 1e-3, 500)
-"""optimizer, lr, steps of a fit from a random init, unless the task's preset says otherwise"""
 FIELD_OPTIONS = dict(rename={"kind": "field", "seed": "field-seed"}, skip=("in_dim", "out_dim"),
                      choices={"kind": sorted(FIELDS)})
 
@@ -38,7 +34,7 @@ class Selection:
     command: str | None = None
     task: str = DEFAULT_TASK
     """registry name of the task (for fit / eval / plot from a checkpoint: the checkpoint's)"""
-    learner: str = DEFAULT_LEARNER
+    learner: str = "maml"
     """meta-train: the learner or preset name (default: the task's preset, else maml)"""
     device: torch.device | None = None
     loaded: tuple[Learner, dict] | None = None
@@ -54,15 +50,14 @@ def user_errors(prefix: str = "") -> Iterator[None]:
         raise MetaINRError(f"{prefix}{exc}") from None
 
 
-def preset(task: str | Task) -> Mapping[str, Any]:
+def preset(task: str | Task) -> Preset:
     """The task's preset (defaults a CLI applies before the user's options)."""
-    cls = TASKS[task] if isinstance(task, str) else type(task)
-    return cls.preset or {}
+    return (TASKS[task] if isinstance(task, str) else type(task)).preset
 
 
 def default_data(task: str | Task) -> str:
     """The dataset a verb uses when ``--data`` is not given."""
-    return str(preset(task).get("data", DEFAULT_DATA))
+    return preset(task).data
 
 
 def add_device(parser: argparse.ArgumentParser, taken: set[str]) -> None:
@@ -89,7 +84,7 @@ def add_task_args(parser: argparse.ArgumentParser, task: str, taken: set[str], b
 
 
 def add_field_args(parser: argparse.ArgumentParser, task: str, taken: set[str], title: str = "field") -> None:
-    add_config_args(parser, FieldConfig, "field", base={**FieldConfig().to_dict(), **preset(task).get("field", {})},
+    add_config_args(parser, FieldConfig, "field", base=preset(task).field.to_dict(),
                     taken=taken, title=title, **FIELD_OPTIONS)  # type: ignore[arg-type]
 
 
@@ -113,7 +108,7 @@ def first_batch(task: Task, signals: Any) -> Batch:
 def field_config(args: argparse.Namespace, task: Task, **fixed: Any) -> FieldConfig:
     """The field: the task's preset, then the options given; in/out dims from the task."""
     with user_errors():
-        return config_from_args(args, FieldConfig, "field", preset(task).get("field", {}), in_dim=task.in_dim,
+        return config_from_args(args, FieldConfig, "field", preset(task).field.to_dict(), in_dim=task.in_dim,
                                 out_dim=task.out_dim, **fixed)
 
 
@@ -131,8 +126,8 @@ def chosen_task(args: argparse.Namespace, sel: Selection) -> Task:
 
 def random_rule(task: Task) -> tuple[str, float, int]:
     """(optimizer, lr, steps) of a fit from a random init."""
-    optimizer, lr, steps = preset(task).get("random") or RANDOM_RULE
-    return str(optimizer), float(lr), int(steps)
+    rule = preset(task).random
+    return rule.optimizer, rule.lr, rule.steps
 
 
 @dataclass

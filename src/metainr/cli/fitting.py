@@ -14,7 +14,7 @@ from ..fit import fit
 from ..functional import field_function
 from ..metrics import mean_psnr
 from ..store import check_outputs
-from ..tasks import TASKS
+from ..tasks import TASKS, FileDependent
 from .common import (Selection, add_device, add_field_args, add_rule_args, add_task_args, chosen_task, default_data,
                      first_batch, settle, start_of, test_rule, user_errors)
 from .options import step_list
@@ -66,7 +66,8 @@ def run_fit(args: argparse.Namespace, sel: Selection) -> int:
         raise MetaINRError(f"--steps must be >= 0, got {args.steps}")
     task = chosen_task(args, sel)
     with user_errors():
-        task = task.for_file(args.file)  # a task whose geometry a file fixes (e.g. a scan's detectors)
+        if isinstance(task, FileDependent):  # a task whose geometry a file fixes (e.g. a scan's detectors)
+            task = task.for_file(args.file)
         batch = task.read(args.file, args.reference)
     if sel.loaded is None:
         task = settle(task, batch)

@@ -18,7 +18,7 @@ from ..errors import MetaINRError
 from ..fields import FieldConfig, build_field
 from ..functional import field_function
 from ..store import atomic_write_bytes, check_outputs, load_tensors
-from ..tasks import build_task
+from ..tasks import Renderable, build_task, require
 from .common import Selection, add_device, user_errors
 from .options import positive_int
 
@@ -70,7 +70,7 @@ def run_render(args: argparse.Namespace, sel: Selection) -> int:
     with user_errors(f"{args.source}: "):
         task = build_task(meta["task"], **({"resolution": args.resolution} if args.resolution else {}))
         with torch.no_grad():
-            views = task.turntable(field_function(field), params, args.views)
+            views = require(task, Renderable).turntable(field_function(field), params, args.views)
     frames = (views.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)  # (V, H, W, 3)
     buf = io.BytesIO()
     Image.fromarray(np.concatenate(list(frames), axis=1)).save(buf, format="PNG")

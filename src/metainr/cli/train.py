@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import MetaINRError
 from ..fields import FieldConfig, build_field, narrow_width
 from ..meta import POLICIES, ContextConfig, Learner, build_learner, learner_names, resolve
-from ..tasks import TASKS, Task, build_task
+from ..tasks import TASKS, Task, Tokenizable, build_task, require
 from ..train import PruneConfig, TrainConfig, iterative_pruning, meta_train
 from .common import (Selection, add_device, add_field_args, add_task_args, default_data, field_config, first_batch,
                      given_task_options, preset, settle, user_errors)
@@ -29,10 +29,10 @@ def learner_defaults(sel: Selection) -> tuple[type, dict[str, Any], ContextConfi
     registry's, then the task preset's ``learner_options`` when the preset names this learner."""
     cls, defaults, context = resolve(sel.learner)
     task_preset = preset(sel.task)
-    if task_preset.get("learner") == sel.learner:
+    if task_preset.learner == sel.learner:
         own = {f.name for f in dataclasses.fields(cls.Config)}
         ctx = {f.name for f in dataclasses.fields(ContextConfig)}
-        options = dict(task_preset.get("learner_options", {}))
+        options = dict(task_preset.learner_options)
         defaults = {**defaults, **{k: v for k, v in options.items() if k in own}}
         context = dataclasses.replace(context, **{k: v for k, v in options.items() if k in ctx and k not in own})
     return cls, defaults, context
@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction, sel: Selection) -> None:
     p.add_argument("--target-params", type=positive_int, default=None,
                    help="dense-narrow baseline: solve the hidden width so the field has about this many parameters")
     add_device(p, taken)
-    add_config_args(p, TrainConfig, "train", base={**TrainConfig().to_dict(), **task_preset.get("train", {})},
+    add_config_args(p, TrainConfig, "train", base={**TrainConfig().to_dict(), **task_preset.train},
                     taken=taken, title="training")
     add_field_args(p, sel.task, taken)
     add_config_args(p, cls.Config, "learner", skip=DERIVED, base={**_config_defaults(cls.Config), **defaults},
@@ -114,7 +114,8 @@ def _learner(args: argparse.Namespace, sel: Selection, task: Task, data: Any, fi
     given = given_options(args, cls.Config, "learner")
     own = {f.name for f in dataclasses.fields(cls.Config)}
     if set(DERIVED) <= own:
-        tokens = task.tokens(first_batch(task, data))
+        with user_errors():
+            tokens = require(task, Tokenizable).tokens(first_batch(task, data))
         defaults = {**defaults, DERIVED[0]: int(tokens.shape[1]), DERIVED[1]: int(tokens.shape[2])}
     config = cls.Config(**{**defaults, **given})
     context = dataclasses.replace(context, **given_options(args, ContextConfig, "context"))
@@ -132,8 +133,8 @@ def run(args: argparse.Namespace, sel: Selection) -> int:
     task_preset = preset(task)
     with user_errors():
         train_given = given_options(args, TrainConfig, "train")
-        train_cfg = TrainConfig(**{**task_preset.get("train", {}), **train_given})
-        if val is not None and "eval_every" not in train_given and "eval_every" not in task_preset.get("train", {}):
+        train_cfg = TrainConfig(**{**task_preset.train, **train_given})
+        if val is not None and "eval_every" not in train_given and "eval_every" not in task_preset.train:
             train_cfg = dataclasses.replace(train_cfg, eval_every=max(train_cfg.steps // 10, 1))
         prune_cfg = PruneConfig(**given_options(args, PruneConfig, "prune"))
         field_cfg = field_config(args, task, **({"sparse": True} if prune_cfg.rounds else {}))

@@ -23,6 +23,7 @@ from ..fields import Linear
 from ..functional import field_function
 from ..limits import check_params
 from ..tasks.base import Batch, Task, observe_batch
+from ..tasks.capabilities import Tokenizable, require
 from .base import Learner, TestRule
 
 
@@ -109,10 +110,11 @@ class TransINR(Learner):
 
     def signal_init(self, task: Task, batch: Batch) -> dict[str, Tensor]:
         with torch.no_grad():
-            return {n: p.detach() for n, p in self.hyper_params(task.tokens(batch)).items()}
+            return {n: p.detach() for n, p in self.hyper_params(require(task, Tokenizable).tokens(batch)).items()}
 
     def meta_gradient(self, task: Task, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        pred = observe_batch(task, field_function(self.field), self.hyper_params(task.tokens(batch)), batch)
+        tokens = require(task, Tokenizable).tokens(batch)
+        pred = observe_batch(task, field_function(self.field), self.hyper_params(tokens), batch)
         loss = torch.vmap(task.loss)(pred, batch.values).mean()
         names, meta = zip(*self.named_parameters())
         grads = torch.autograd.grad(loss, meta, allow_unused=True)

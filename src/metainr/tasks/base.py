@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..config import Config
+from ..fields.config import FieldConfig
 from ..functional import FieldFn, coordinate_chunks
 from ..metrics import psnr
 
@@ -86,6 +87,40 @@ class Batch:
         ctx = self.context
         ctx = move(ctx) if ctx is None or isinstance(ctx, Tensor) else [c.to(device) for c in ctx]
         return Batch(self.query.to(device), self.values.to(device), ctx, move(self.reference))
+
+
+@dataclass(frozen=True)
+class RandomFit:
+    """How a fit from a random init runs when the user does not say (``fit --init random``)."""
+
+    optimizer: str = "adam"
+    """adam | sgd"""
+    lr: float = 1e-3
+    """step size"""
+    steps: int = 500
+    """steps"""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A task's defaults, applied before the user's options by the CLI and the benchmarks."""
+
+    field: FieldConfig = FieldConfig()
+    """the field (its ``in_dim`` and ``out_dim`` are ignored: the task's own are used)"""
+    learner: str = "maml"
+    """the learner or learner preset of ``meta-train``"""
+    learner_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """options of that learner's config (applied only when the chosen learner is this one)"""
+    train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """TrainConfig fields (e.g. outer_lr, batch_size)"""
+    random: RandomFit = RandomFit()
+    """how a fit from a random init runs"""
+    data: str = "faces"
+    """the dataset a verb uses when none is given"""
+
+    def field_config(self, task: "Task", **overrides: Any) -> FieldConfig:
+        """The preset's field for ``task`` (its in/out dims), with ``overrides``."""
+        return dataclasses.replace(self.field, in_dim=task.in_dim, out_dim=task.out_dim, **overrides)
 
 
 class Task:
@@ -167,10 +202,6 @@ class Task:
         data") fixed from a batch of its signals; itself when there are none."""
         return self
 
-    def for_file(self, path: str | Path) -> "Task":
-        """This task as it must be to :meth:`read` ``path`` (e.g. CT at the file's detector count)."""
-        return self
-
     def write(self, path: str | Path, signal: Tensor) -> list[Path]:
         """Write one reconstructed signal (from :meth:`reconstruct`); returns the files written
         (exactly :meth:`output_paths` of ``path``)."""
@@ -180,19 +211,8 @@ class Task:
         """The files :meth:`write` would write for ``path`` (checked against a command's inputs first)."""
         return [Path(path)]
 
-    def turntable(self, field_fn: FieldFn, params: Mapping[str, Tensor], n_views: int) -> Tensor:
-        """(n_views, H, W, 3) renders of ONE signal's field (params name -> tensor) from cameras
-        turning around it, for tasks that have cameras (``metainr render``)."""
-        raise NotImplementedError(f"task {self.name!r} has no cameras to render from")
-
-    def tokens(self, batch: Batch) -> Tensor:
-        """(B, T, F) input tokens of a hypernetwork (TransINR) for the batch's signals."""
-        raise NotImplementedError(f"task {self.name!r} has no tokenizer for a hypernetwork")
-
-    preset: ClassVar[dict[str, Any]] = {}
-    """Defaults a CLI applies for this task before the user's options: ``field`` (FieldConfig
-    fields), ``learner`` (a name), ``learner_options``, ``train`` (TrainConfig fields), ``random``
-    (optimizer, lr, steps of a random-init fit), ``data`` (the default dataset name)."""
+    preset: ClassVar[Preset] = Preset()
+    """Defaults a CLI and benchmarks apply for this task before the user's options (a :class:`Preset`)."""
 
     def spec(self) -> dict[str, Any]:
         """Name + config: what a checkpoint stores to rebuild this task."""

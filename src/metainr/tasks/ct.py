@@ -23,8 +23,9 @@ from ..data.ct import _read_slice, circle_mask, load_ct_images, pixel_spacing, v
 from ..data.files import read_npy, write_grey
 from ..errors import MetaINRError
 from ..limits import check_pixels, check_side, check_signals
+from ..fields.config import FieldConfig
 from ..functional import FieldFn
-from .base import Batch, Task, register_task
+from .base import Batch, Preset, Task, register_task
 from .ct_baselines import circle_psnr, circle_ssim
 from .ct_geometry import (PlanCache, Taps, bilinear_taps, chord_integrals, gather_sum, in_circle, parallel_beam_rays,
                           pixel_grid, project_pixels, sinogram_to_values)
@@ -178,10 +179,9 @@ class CTTask(Task):
     # a low-frequency SIREN: from a few views a w0 = 30 SIREN fills the unobserved directions with
     # fine streaks (w0 = 10 reconstructs 1-9 dB better at 64^2 from 4-8 views); Reptile with 12 SGD
     # steps (learnit's CT recipe) gave a better prior than MAML or Meta-SGD with 3 in equal trials
-    preset = {"field": dict(kind="siren", width=64, depth=4, w0=10.0, w0_first=10.0, output_offset=0.1),
-              "learner": "reptile", "learner_options": {"inner_steps": 12, "inner_lr": 3e-2, "chunk_coords": 1 << 20},
-              "train": {"outer_lr": 1e-3, "schedule": "cosine", "eval_steps": 50}, "random": ("adam", 1e-3, 500),
-              "data": "ct-phantoms"}
+    preset = Preset(field=FieldConfig(kind="siren", width=64, depth=4, w0=10.0, w0_first=10.0, output_offset=0.1),
+                    learner="reptile", learner_options={"inner_steps": 12, "inner_lr": 3e-2, "chunk_coords": 1 << 20},
+                    train={"outer_lr": 1e-3, "schedule": "cosine", "eval_steps": 50}, data="ct-phantoms")
 
     def __init__(self, config: CTConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)

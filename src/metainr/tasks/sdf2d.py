@@ -19,11 +19,12 @@ from torch import Tensor
 from ..config import Config
 from ..data.files import write_grey
 from ..data.glyphs import mask_folder, read_mask, shapes
+from ..fields.config import FieldConfig
 from ..functional import FieldFn
 from ..limits import check_side
 from ..metrics import psnr
 from ..store import atomic_write_bytes
-from .base import Batch, observe_batch, register_task
+from .base import Batch, Preset, observe_batch, register_task
 from .distance import inside_iou, sdf_to_values
 from .image import ImageTask
 
@@ -61,9 +62,9 @@ class SDF2DTask(ImageTask):
     Config = SDF2DConfig
     # Meta-SparseINR's SIREN (w0 = 200 at its resolution) is too high-frequency for 32^2 grids:
     # w0 = 30 learns the distance ramps without ringing
-    preset = {"field": dict(kind="siren", width=64, depth=4, w0=30.0, w0_first=30.0, output_offset=0.5),
-              "learner": "maml", "learner_options": {"inner_steps": 2, "inner_lr": 1e-2},
-              "train": {"outer_lr": 1e-3}, "random": ("adam", 1e-3, 500), "data": "glyphs"}
+    preset = Preset(field=FieldConfig(kind="siren", width=64, depth=4, w0=30.0, w0_first=30.0, output_offset=0.5),
+                    learner="maml", learner_options={"inner_steps": 2, "inner_lr": 1e-2},
+                    train={"outer_lr": 1e-3}, data="glyphs")
 
     @property
     def out_dim(self) -> int:

@@ -32,11 +32,12 @@ from ..data.cameras import camera_rays, focal_from_fov, orbit_cameras
 from ..data.images import grid_coords
 from ..data.solids import Shape, file_shape, folder_meshes, procedural_solids, random_urdf_meshes
 from ..errors import MetaINRError
+from ..fields.config import FieldConfig
 from ..functional import FieldFn, coordinate_chunks
 from ..limits import check_pixels, check_signals
 from ..metrics import psnr
 from ..store import atomic_write_bytes
-from .base import Batch, Task, observe_batch, register_task
+from .base import Batch, Preset, Task, observe_batch, register_task
 from ..data.surfaces import chamfer_distance, grid_surface, surface_points
 from .distance import inside_iou, sdf_to_values, values_to_sdf
 
@@ -173,9 +174,9 @@ class SDF3DTask(Task):
     # a small SIREN regressing values around 0.5; Meta-SGD: in equal trials (120 CPU-s each, 1 thread,
     # 12 held-out solids) its learned step sizes reached 35.5 dB / Chamfer 0.033 after 10 steps,
     # MAML's fixed 1e-2 33.4 dB / 0.048
-    preset = {"field": dict(kind="siren", width=64, depth=4, w0=15.0, w0_first=15.0, output_offset=0.5),
-              "learner": "metasgd", "learner_options": {"inner_steps": 3, "inner_lr": 1e-2},
-              "train": {"outer_lr": 3e-3, "batch_size": 4}, "random": ("adam", 1e-3, 500), "data": "shapes"}
+    preset = Preset(field=FieldConfig(kind="siren", width=64, depth=4, w0=15.0, w0_first=15.0, output_offset=0.5),
+                    learner="metasgd", learner_options={"inner_steps": 3, "inner_lr": 1e-2},
+                    train={"outer_lr": 3e-3, "batch_size": 4}, data="shapes")
 
     @property
     def in_dim(self) -> int:

@@ -25,9 +25,10 @@ from ..config import Config
 from ..data.files import write_grey
 from ..data.climate import area_weights, load_climate, normalize, read_grid, sphere_points
 from ..errors import MetaINRError
+from ..fields.config import FieldConfig
 from ..functional import FieldFn
 from ..limits import check_pixels, check_signals
-from .base import Batch, Task, observe_batch, register_task
+from .base import Batch, Preset, Task, observe_batch, register_task
 
 WEIGHT_SCALE = math.pi / 2
 """s in the weight s cos(lat): the mean of cos(lat) over the grid's latitudes is about 2 / pi"""
@@ -92,8 +93,8 @@ class SphereTask(Task):
     # smooth planetary maps: a low-frequency SIREN on (x, y, z) in [-1, 1]. Measured (1 thread, 46x90
     # climate, 150 outer steps at 1e-3): MAML gives 33.0 dB after 2 test steps vs 18.0 for the best Adam
     # lr of a random init (46.7 after 500 random steps at 1e-3); other learners were not compared here
-    preset = {"field": dict(kind="siren", width=64, depth=4, w0=10.0, w0_first=10.0, output_offset=0.5),
-              "learner": "maml", "train": {"outer_lr": 1e-3}, "random": ("adam", 1e-3, 500), "data": "climate"}
+    preset = Preset(field=FieldConfig(kind="siren", width=64, depth=4, w0=10.0, w0_first=10.0, output_offset=0.5),
+                    learner="maml", train={"outer_lr": 1e-3}, data="climate")
 
     @property
     def in_dim(self) -> int:

@@ -39,11 +39,12 @@ from ..data.cameras import PosedViews, camera_rays, focal_from_fov, orbit_camera
 from ..data.meshes import mesh_objects
 from ..data.nerf_synthetic import FAR, NEAR, nerf_synthetic_objects, read_scene, transforms_file
 from ..errors import MetaINRError
+from ..fields.config import FieldConfig
 from ..functional import FieldFn
 from ..limits import check_pixels, check_side, check_signals
 from ..metrics import psnr, ssim
 from ..store import atomic_write_bytes
-from .base import Batch, Task, observe_batch, register_task
+from .base import Batch, Preset, Task, observe_batch, register_task
 from .image import auto_patch_size
 from .views_batches import (grid_png, jitter_rows, pack_views, random_rows, scored_views, shuffle_views,
                             view_tokens)
@@ -126,10 +127,9 @@ class ViewsTask(Task):
     # steps at 5e-3..1e-2 beat 2e-3 (16.3 vs 15.3 dB before fitting) and SGD at lr 1 (15.8); K=8 on
     # 256 rays, K=16 on 128 and K=4 on 512 were within 0.1 dB after 32 steps (17.8), so the cheapest
     # per step. Random init: Adam 1e-3 was the best of 1e-3 / 5e-3 / 2e-2 from one view.
-    preset = {"field": dict(kind="pe", width=128, depth=4, n_freqs=6, output_offset=0.0),
-              "learner": "reptile", "learner_options": {"inner_steps": 8, "inner_lr": 1e-2, "inner_optimizer": "adam"},
-              "train": {"outer_lr": 1e-3, "batch_size": 2, "eval_steps": 16}, "random": ("adam", 1e-3, 500),
-              "data": "chairs"}
+    preset = Preset(field=FieldConfig(kind="pe", width=128, depth=4, n_freqs=6, output_offset=0.0),
+                    learner="reptile", learner_options={"inner_steps": 8, "inner_lr": 1e-2, "inner_optimizer": "adam"},
+                    train={"outer_lr": 1e-3, "batch_size": 2, "eval_steps": 16}, data="chairs")
 
     @property
     def in_dim(self) -> int:

@@ -57,3 +57,33 @@ def write_json(path: str | Path, obj: dict) -> None:
     from metainr.store import atomic_write_json
 
     atomic_write_json(path, obj)
+
+
+def run_script_capped(script: str, args: list[str], cap_bytes: int, timeout: float, env: dict | None = None) -> dict:
+    """Run ``python script args`` in a fresh process that prints one JSON object as its last line;
+    kill it (and return ``{"error": why}``) when its RSS passes ``cap_bytes`` or it runs past ``timeout`` s."""
+    import os
+
+    proc = subprocess.Popen([sys.executable, script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})})
+    t0, peak, why = time.perf_counter(), 0, None
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as fh:
+                rss = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+        except (FileNotFoundError, StopIteration, ProcessLookupError):
+            rss = 0
+        peak = max(peak, rss)
+        if rss > cap_bytes:
+            why = f"over the {cap_bytes / 2**30:.1f} GiB RSS cap"
+        elif time.perf_counter() - t0 > timeout:
+            why = f"over the {timeout:.0f} s time limit"
+        if why:
+            proc.kill()
+            proc.wait()
+            return {"error": why, "peak_total_mb_seen": peak / 2**20}
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        return {"error": (err.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+    return json.loads(out.strip().splitlines()[-1])

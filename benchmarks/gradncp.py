@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, peak_rss_mb, write_json  # noqa: E402
+from _common import machine, peak_rss_mb, run_script_capped, write_json  # noqa: E402
 
 from metainr import (FieldConfig, GradientRescaling, ImageTask, TrainConfig, build_field,  # noqa: E402
                      build_learner, fit, mean_psnr, patches)
@@ -80,31 +80,9 @@ def step_worker(name: str, resolution: int, cfg: dict) -> None:
 
 
 def run_capped(args: list[str], cap_bytes: int, timeout: float, threads: int) -> dict:
-    """Run this script with ``args`` in a fresh process; kill it if its RSS passes ``cap_bytes``."""
-    env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    t0, peak, why = time.perf_counter(), 0, None
-    while proc.poll() is None:
-        try:
-            with open(f"/proc/{proc.pid}/status") as fh:
-                rss = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
-        except (FileNotFoundError, StopIteration, ProcessLookupError):
-            rss = 0
-        peak = max(peak, rss)
-        if rss > cap_bytes:
-            why = f"over the {cap_bytes / GIB:.1f} GiB RSS cap"
-        elif time.perf_counter() - t0 > timeout:
-            why = f"over the {timeout:.0f} s time limit"
-        if why:
-            proc.kill()
-            proc.wait()
-            return {"error": why, "peak_total_mb_seen": peak / 2**20}
-        time.sleep(0.02)
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        return {"error": (err.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
-    return json.loads(out.strip().splitlines()[-1])
+    """Run this script with ``args`` in a fresh process under an RSS cap (:func:`_common.run_capped`)."""
+    return run_script_capped(str(Path(__file__).resolve()), args, cap_bytes, timeout,
+                             {**MALLOC_ENV, "OMP_NUM_THREADS": str(threads)})
 
 
 def memory_part(cfg: dict, quick: bool) -> dict:

@@ -287,9 +287,9 @@ def turntables(task, show, inits: dict, path: Path) -> None:
     rows = []
     with torch.no_grad():
         for b in range(min(2, len(show))):
-            line = [task.turntable(grid_field(show.reference[b]), {"x": show.reference[b]}, 4)]
+            line = [task.render(grid_field(show.reference[b]), {"x": show.reference[b]}, 4)]
             for f, p in inits.values():
-                line.append(task.turntable(field_function(f), {n: t[b] for n, t in p.items()}, 4))
+                line.append(task.render(field_function(f), {n: t[b] for n, t in p.items()}, 4))
             rows.append(line)
     titles = ["truth", *inits]
     fig, axes = plt.subplots(len(rows), len(titles), figsize=(4.4 * len(titles), 1.5 * len(rows)), squeeze=False)

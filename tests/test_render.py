@@ -16,7 +16,7 @@ def sphere(params, x):
 
 def test_turntable_cameras_circle_the_origin():
     task = ViewsTask(resolution=16, n_samples=64, near=2.8, far=5.2)
-    views = task.turntable(sphere, {"w": torch.zeros(())}, 5)
+    views = task.render(sphere, {"w": torch.zeros(())}, 5)
     assert views.shape == (5, 16, 16, 3)
     centre, corner = views[:, 7:9, 7:9].mean(dim=(1, 2, 3)), views[:, 0, 0].mean(dim=-1)
     assert torch.all(centre < 0.05) and torch.all(corner > 0.99)  # the ball in the middle of every view
@@ -51,4 +51,4 @@ def test_render_writes_a_strip_and_a_gif_and_refuses_tasks_without_cameras(cli, 
 @pytest.mark.parametrize("views", [0, -1])
 def test_turntable_needs_a_view(views):
     with pytest.raises(ValueError):
-        ViewsTask(resolution=8).turntable(sphere, {"w": torch.zeros(())}, views)
+        ViewsTask(resolution=8).render(sphere, {"w": torch.zeros(())}, views)

@@ -18,13 +18,13 @@ from torch import nn
 from ..errors import MetaINRError
 from ..fields import FIELDS, FieldConfig, build_field
 from ..meta import Learner, TestRule
-from ..tasks import TASKS, Batch, Preset, Task, build_task
+from ..tasks import TASKS, Batch, Preset, Task, build_task, field_dims, for_field
 from ..limits import Limits
 from .options import add_config_args, config_from_args, finite_float, given_options, positive_float, positive_int
 
 DEFAULT_TASK = "image"
-FIELD_OPTIONS = dict(rename={"kind": "field", "seed": "field-seed"}, skip=("in_dim", "out_dim"),
-                     choices={"kind": sorted(FIELDS)})
+FIELD_OPTIONS = dict(rename={"kind": "field", "seed": "field-seed"},
+                     skip=("in_dim", "out_dim", "frame_height", "frame_width"), choices={"kind": sorted(FIELDS)})
 
 
 @dataclass
@@ -108,8 +108,15 @@ def first_batch(task: Task, signals: Any) -> Batch:
 def field_config(args: argparse.Namespace, task: Task, **fixed: Any) -> FieldConfig:
     """The field: the task's preset, then the options given; in/out dims from the task."""
     with user_errors():
-        return config_from_args(args, FieldConfig, "field", preset(task).field.to_dict(), in_dim=task.in_dim,
-                                out_dim=task.out_dim, **fixed)
+        return config_from_args(args, FieldConfig, "field", preset(task).field.to_dict(),
+                                **{**field_dims(task), **fixed})
+
+
+def fielded(args: argparse.Namespace, task: Task) -> Task:
+    """The task as the chosen field kind sees it (whole frames as rows for NeRV; see :func:`for_field`)."""
+    kind = given_options(args, FieldConfig, "field").get("kind", preset(task).field.kind)
+    with user_errors():
+        return for_field(task, kind)
 
 
 def chosen_task(args: argparse.Namespace, sel: Selection) -> Task:
@@ -118,7 +125,7 @@ def chosen_task(args: argparse.Namespace, sel: Selection) -> Task:
     given = given_task_options(args, sel.task)
     if sel.loaded is None:
         with user_errors():
-            return build_task(sel.task, **given)
+            return fielded(args, build_task(sel.task, **given))
     _, meta = sel.loaded
     with user_errors(f"{args.init}: "):
         return build_task(meta["task"], **given)

@@ -2,7 +2,7 @@
 
 The source is a checkpoint (its learned init: what a fit starts from) or a fitted field (``fit
 --save-field``, compact or not); both name their task, which says where its cameras are
-(:meth:`metainr.tasks.Task.turntable`; tasks without cameras refuse in one line).
+(:class:`metainr.tasks.Renderable`; tasks with nothing to render refuse in one line).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def run_render(args: argparse.Namespace, sel: Selection) -> int:
     with user_errors(f"{args.source}: "):
         task = build_task(meta["task"], **({"resolution": args.resolution} if args.resolution else {}))
         with torch.no_grad():
-            views = require(task, Renderable).turntable(field_function(field), params, args.views)
+            views = require(task, Renderable).render(field_function(field), params, args.views)
     frames = (views.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)  # (V, H, W, 3)
     buf = io.BytesIO()
     Image.fromarray(np.concatenate(list(frames), axis=1)).save(buf, format="PNG")

@@ -13,8 +13,8 @@ from ..fields import FieldConfig, build_field, narrow_width
 from ..meta import POLICIES, ContextConfig, Learner, build_learner, learner_names, resolve
 from ..tasks import TASKS, Task, Tokenizable, build_task, require
 from ..train import PruneConfig, TrainConfig, iterative_pruning, meta_train
-from .common import (Selection, add_device, add_field_args, add_task_args, default_data, field_config, first_batch,
-                     given_task_options, preset, settle, user_errors)
+from .common import (Selection, add_device, add_field_args, add_task_args, default_data, field_config, fielded,
+                     first_batch, given_task_options, preset, settle, user_errors)
 from .options import add_config_args, given_options, positive_float, positive_int
 from .stopping import GracefulStop
 
@@ -125,6 +125,7 @@ def _learner(args: argparse.Namespace, sel: Selection, task: Task, data: Any, fi
 def run(args: argparse.Namespace, sel: Selection) -> int:
     with user_errors():
         task = build_task(sel.task, **given_task_options(args, sel.task))
+    task = fielded(args, task)
     source = args.data or default_data(task)
     with user_errors():
         data = task.load(source, "train")

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..limits import check_params
 from .config import FieldConfig
 from .linear import RWF, Linear, uniform_init
+from .nerv import NeRV, nerv_size
 
 
 class Field(nn.Module):
@@ -131,11 +132,18 @@ class PositionalMLP(_ReluMLP):
         return torch.cat([coords, torch.sin(proj), torch.cos(proj)], dim=-1)
 
 
-FIELDS: dict[str, type[Field]] = {"siren": Siren, "fourier": FourierMLP, "pe": PositionalMLP}
+FIELDS: dict[str, type[nn.Module]] = {"siren": Siren, "fourier": FourierMLP, "pe": PositionalMLP, "nerv": NeRV}
+FRAME_FIELDS = frozenset({"nerv"})
+"""kinds whose output row is a whole frame: a task presents them frames as query rows"""
 
 
 def declared_size(config: FieldConfig) -> int:
     """Parameters and buffers (masks, encodings) a config declares, computed without building it."""
+    if config.kind == "nerv":
+        if min(config.in_dim, config.out_dim, config.width) < 1 or config.n_freqs < 0:
+            raise ValueError(f"a field needs in_dim, out_dim, width >= 1 and n_freqs >= 0; got in_dim={config.in_dim}, "
+                             f"out_dim={config.out_dim}, width={config.width}, n_freqs={config.n_freqs}")
+        return nerv_size(config)
     if min(config.in_dim, config.out_dim, config.width, config.n_features) < 1 or config.depth < 2 or config.n_freqs < 0:
         raise ValueError(f"a field needs in_dim, out_dim, width, n_features >= 1, depth >= 2 and n_freqs >= 0; got "
                          f"in_dim={config.in_dim}, out_dim={config.out_dim}, width={config.width}, depth="
@@ -149,7 +157,7 @@ def declared_size(config: FieldConfig) -> int:
     return weights * (2 if config.sparse else 1) + units * (2 if config.rwf else 1) + buffers
 
 
-def build_field(config: FieldConfig) -> Field:
+def build_field(config: FieldConfig) -> nn.Module:
     """Build the field a config describes; unknown kinds and sizes over the limits
     (:mod:`metainr.limits`) raise a one-line error before anything is allocated."""
     if config.kind not in FIELDS:

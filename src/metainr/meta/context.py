@@ -77,11 +77,19 @@ def observes_directly(task: Task) -> bool:
 def closed_form_scores(field: nn.Module, params: Mapping[str, Tensor], query: Tensor, values: Tensor,
                        chunk: int = 16384) -> Tensor:
     """``||e|| * sqrt(||h||^2 + 1)`` per observation of a directly observed field (no autograd):
-    query (N, d), values (N, C) -> (N,), in chunks of ``chunk`` rows."""
+    query (N, d), values (N, C) -> (N,), in chunks of ``chunk`` rows. For a field whose row is
+    P outputs of one head (features (N, P, F), e.g. NeRV's frames) the exact norm of
+    ``sum_p e_p [h_p, 1]^T`` instead."""
     parts = []
     for rows in coordinate_chunks(query.shape[0], chunk):
         pred, h = functional_call(field, dict(params), (query[rows],), {"return_features": True})
-        parts.append((pred - values[rows]).norm(dim=-1) * (h.pow(2).sum(dim=-1) + 1).sqrt())
+        err = pred - values[rows]
+        if h.dim() == 2:  # one head output per row: the gradient e [h, 1]^T is rank one
+            parts.append(err.norm(dim=-1) * (h.pow(2).sum(dim=-1) + 1).sqrt())
+        else:  # a row is P outputs of one shared head (a frame-valued field): sum_p e_p [h_p, 1]^T
+            e = err.view(h.shape[0], h.shape[1], -1)  # (M, P, C)
+            grad_w = torch.einsum("mpc,mpf->mcf", e, h)
+            parts.append((grad_w.pow(2).sum(dim=(1, 2)) + e.sum(dim=1).pow(2).sum(dim=-1)).sqrt())
     return torch.cat(parts)
 
 

@@ -119,8 +119,10 @@ class Preset:
     """the dataset a verb uses when none is given"""
 
     def field_config(self, task: "Task", **overrides: Any) -> FieldConfig:
-        """The preset's field for ``task`` (its in/out dims), with ``overrides``."""
-        return dataclasses.replace(self.field, in_dim=task.in_dim, out_dim=task.out_dim, **overrides)
+        """The preset's field for ``task`` (the dims it fixes: :func:`field_dims`), with ``overrides``."""
+        from .capabilities import field_dims
+
+        return dataclasses.replace(self.field, **{**field_dims(task), **overrides})
 
 
 class Task:

@@ -11,8 +11,8 @@ is seeded per shape, so a shape always gives the same samples.
 Metrics: ``psnr`` of the values at the samples; ``iou`` of the inside regions on a ``grid``^3
 lattice against the true SDF's (the batch's reference); ``chamfer`` (only when asked: numpy) between
 :data:`CHAMFER_POINTS` points drawn by area on the marching-cubes surface of the predicted grid and
-as many on the true surface, ``inf`` when the prediction has no surface. ``turntable`` renders the
-field's zero level by sphere tracing (see :meth:`SDF3DTask.turntable`).
+as many on the true surface, ``inf`` when the prediction has no surface. ``render`` shows the
+field's zero level from a turntable of cameras by sphere tracing (see :meth:`SDF3DTask.render`).
 """
 from __future__ import annotations
 
@@ -281,7 +281,7 @@ class SDF3DTask(Task):
         return rows[:, :p].reshape(rows.shape[0], p // TOKEN_GROUP, TOKEN_GROUP * rows.shape[-1])
 
     # -- rendering -----------------------------------------------------------------------------------
-    def turntable(self, field_fn: FieldFn, params: Mapping[str, Tensor], n_views: int) -> Tensor:
+    def render(self, field_fn: FieldFn, params: Mapping[str, Tensor], n_views: int) -> Tensor:
         """(n_views, R, R, 3) renders in [0, 1] of ONE shape's surface (the field's level 0.5).
 
         Cameras: azimuths ``2 pi k / n_views`` at 45 degrees of elevation, CAMERA_RADIUS from the

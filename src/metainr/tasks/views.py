@@ -180,7 +180,7 @@ class ViewsTask(Task):
         b, v, h, w, _ = views.shape
         return self._render(field_fn, params, views.reshape(b, -1, 9)[..., :6]).clamp(0, 1).reshape(b, v, h, w, 3)
 
-    def turntable(self, field_fn: FieldFn, params: Mapping[str, Tensor], n_views: int) -> Tensor:
+    def render(self, field_fn: FieldFn, params: Mapping[str, Tensor], n_views: int) -> Tensor:
         """(n_views, H, W, 3) renders of ONE object's field from a turntable of cameras: azimuths
         ``2 pi k / n_views`` at 45 degrees of elevation, on the sphere halfway between near and far
         (where chairs / tables and NeRF-synthetic scenes put their cameras), NeRF-synthetic's field

@@ -280,8 +280,60 @@ def views(r: dict) -> list[str]:
     return out
 
 
+def timeseries(r: dict) -> list[str]:
+    steps = r["config"]["steps"]
+    rows = {(x["task"], x["field"], x["init"] if x["init"] == "random" else x["learner"], x["steps"]): x
+            for x in r["rows"]}
+    keys = sorted({k[:3] for k in rows}, key=lambda k: (k[0] != "video", k[2] != "random", k))
+    out = []
+    for task in ("video", "audio"):
+        size = next(x["size"] for x in r["rows"] if x["task"] == task)
+        out += ["", f"**{task}** ({size}), held-out PSNR (dB) after n test steps"
+                + (" (last column: SSIM after 2 / 16 steps)" if task == "video" else "") + ":", ""]
+        body = []
+        for k in (k for k in keys if k[0] == task):
+            cells = [f"{rows[(*k, s)]['psnr']:.2f}" for s in steps]
+            if task == "video" and "ssim" in rows[(*k, 2)]:
+                cells += [f"{rows[(*k, 2)]['ssim']:.3f} / {rows[(*k, 16)]['ssim']:.3f}"]
+            body.append([k[1], k[2], *cells])
+        out += _table(["field", "init / learner", *steps, *(["SSIM 2 / 16"] if task == "video" else [])], body)
+
+    def at(task, field, who, step):
+        x = rows.get((task, field, who, step))
+        return None if x is None else x["psnr"]
+
+    def diff(a, b):
+        return "n/a" if a is None or b is None else f"{a - b:+.2f}"
+
+    out += ["", "Targets:", ""]
+    for task in ("video", "audio"):
+        out.append(f"- {task}: Meta-SGD (the preset) − random after 2 steps: "
+                   f"{diff(at(task, 'siren', 'metasgd_k2', 2), at(task, 'siren', 'random', 2))} dB (target ≥ +5)")
+    out.append(f"- video: GradNCP K=16 − MAML K=4 after 16 steps: SIREN "
+               f"{diff(at('video', 'siren', 'gradncp_k16', 16), at('video', 'siren', 'maml_k4', 16))}, NeRV "
+               f"{diff(at('video', 'nerv', 'gradncp_k16', 16), at('video', 'nerv', 'maml_k4', 16))} dB (target ≥ +1)")
+    for who in ("maml_k4", "gradncp_k16"):
+        out.append(f"- video: NeRV − SIREN, {who}, after 2 / 16 steps: "
+                   f"{diff(at('video', 'nerv', who, 2), at('video', 'siren', who, 2))} / "
+                   f"{diff(at('video', 'nerv', who, 16), at('video', 'siren', who, 16))} dB (target ≥ 0)")
+    out.append(f"- audio: GradNCP K=16 − MAML K=4 after 16 steps: "
+               f"{diff(at('audio', 'siren', 'gradncp_k16', 16), at('audio', 'siren', 'maml_k4', 16))} dB (target ≥ +1)")
+    out.append(f"- audio: TransINR − MAML K=4 at 0 steps: "
+               f"{diff(at('audio', 'pe', 'transinr', 0), at('audio', 'siren', 'maml_k4', 0))} dB (target > 0)")
+    if "memory" in r:
+        sizes = list(dict.fromkeys(x["size"] for x in r["memory"]))
+        mem = {(x["size"], x["learner"]): x for x in r["memory"]}
+        out += ["", "Peak memory of one outer step (MB; SIREN 4×128, meta-batch 2, fresh process):", ""]
+        out += _table(["learner", *sizes], [[who, *(f"{mem[(sz, who)]['peak_mb']:.0f}" if mem[(sz, who)]["peak_mb"]
+                                                    is not None else (mem[(sz, who)]["error"] or "-") for sz in sizes)]
+                                            for who in ("maml_k4", "gradncp_k16")])
+        out += ["", f"Largest clip under {r['config']['memory']['budget_gib']} GiB: "
+                f"{r['largest_under_budget']}; MAML K=4 fits GradNCP's largest: {r['maml_k4_fits_gradncp_largest']}."]
+    return out
+
+
 RENDERERS = {"image_meta": image_meta, "transinr": transinr, "sparse": sparse, "gradncp": gradncp, "ct": ct,
-             "core": core, "speed": speed, "views": views}
+             "core": core, "speed": speed, "views": views, "timeseries": timeseries}
 
 
 def plots() -> None:

@@ -107,6 +107,13 @@ def make_sandbox(root: Path) -> Path:
     (inp / "junk.obj").write_text("v 0 0 0\nv 1 0 0\nf 1 2 9\nthis is not a mesh\n")
     (inp / "empty.stl").write_bytes(b"")
     (inp / "tet.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n")
+    from metainr.data.clips import write_gif
+    from metainr.data.sounds import write_wav
+
+    write_gif(inp / "clip.gif", np.linspace(0, 1, 3 * 8 * 8 * 3, dtype=np.float32).reshape(3, 8, 8, 3))
+    (inp / "junk.gif").write_bytes(b"GIF89a" + bytes(range(200)))
+    (inp / "junk.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt " + bytes(40))
+    write_wav(inp / "tone.wav", np.sin(np.arange(800) / 5.0).astype(np.float32), 8000)
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         code = main(["meta-train", *TINY_TRAIN, "--run", str(root / "in" / "run")])
     assert code == 0, "the sandbox's run failed"
@@ -248,6 +255,25 @@ def named_cases() -> list[Case]:
         Case("sdf3d grid 1e5", ["meta-train", "--task", "sdf3d", "--grid", "100000", *run]),
         Case("sdf3d --out is the input mesh", ["fit", "in/tet.obj", "--init", "random", "--task", "sdf3d", "--out",
                                                "in/tet.obj"]),
+        Case("video junk GIF", ["fit", "in/junk.gif", "--init", "random", "--task", "video"]),
+        Case("video clip over --max-pixels", ["fit", "in/clip.gif", "--init", "random", "--task", "video",
+                                              "--max-pixels", "100"]),
+        Case("video more frames than the clip", ["fit", "in/clip.gif", "--init", "random", "--task", "video",
+                                                 "--frames", "9"]),
+        Case("video pans count 1e9", ["meta-train", "--task", "video", "--count", "1000000000", *run]),
+        Case("video nerv on frames of side 6", ["fit", "in/clip.gif", "--init", "random", "--task", "video",
+                                                "--field", "nerv", "--resolution", "6"]),
+        Case("video fit writes GIF + strip", ["fit", "in/clip.gif", "--init", "random", "--task", "video", "--steps",
+                                              "1", "--out", "out/c.gif", "--json"], ["out/c.gif", "out/c.png"]),
+        Case("audio junk WAV", ["fit", "in/junk.wav", "--init", "random", "--task", "audio"]),
+        Case("audio sound over --max-pixels", ["fit", "in/tone.wav", "--init", "random", "--task", "audio",
+                                               "--sample-rate", "8000", "--max-pixels", "100"]),
+        Case("audio length 1e12", ["meta-train", "--task", "audio", "--length", "1000000000000", *run]),
+        Case("audio --out is the input", ["fit", "in/tone.wav", "--init", "random", "--task", "audio", "--out",
+                                          "in/tone.wav"]),
+        Case("audio fit writes WAV + plot", ["fit", "in/tone.wav", "--init", "random", "--task", "audio",
+                                             "--sample-rate", "8000", "--steps", "1", "--out", "out/t.wav"],
+             ["out/t.wav", "out/t.png"]),
         Case("CT below 32^2 with validation", ["meta-train", "--task", "ct", "--resolution", "16", "--steps", "2",
                                                "--count", "4", "--val-count", "2", "--eval-every", "1",
                                                "--eval-steps", "1", *run], ["out/run"]),

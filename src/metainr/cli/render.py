@@ -1,7 +1,8 @@
-"""``metainr render``: a field seen from cameras turning around it, as a PNG strip and a GIF.
+"""``metainr render``: a field as a strip of frames (a PNG) and a GIF: views from cameras turning
+around it (views, sdf3d) or a clip's frames at evenly spread times (video, any count).
 
 The source is a checkpoint (its learned init: what a fit starts from) or a fitted field (``fit
---save-field``, compact or not); both name their task, which says where its cameras are
+--save-field``, compact or not); both name their task, which says what its frames are
 (:class:`metainr.tasks.Renderable`; tasks with nothing to render refuse in one line).
 """
 from __future__ import annotations
@@ -24,11 +25,13 @@ from .options import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction, sel: Selection) -> None:
-    p = sub.add_parser("render", help="render a field from cameras turning around it (tasks with cameras: views, sdf3d)",
-                       description="Render a checkpoint's learned init or a fitted field (fit --save-field) from "
-                                   "N cameras on a turntable: a PNG strip and an animated GIF.")
+    p = sub.add_parser("render", help="render a field as frames: a turntable (views, sdf3d) or a clip in time (video)",
+                       description="Render a checkpoint's learned init or a fitted field (fit --save-field) as N "
+                                   "frames, from cameras on a turntable or at times evenly over a clip: a PNG strip "
+                                   "and an animated GIF.")
     p.add_argument("source", help="a checkpoint or a fitted field (.safetensors); its task comes with it")
-    p.add_argument("--views", type=positive_int, default=8, help="cameras around the object (default: 8)")
+    p.add_argument("--views", type=positive_int, default=8,
+                   help="frames: cameras around the object, or times over a clip (default: 8)")
     p.add_argument("--resolution", type=positive_int, default=None,
                    help="pixels a side (default: the task's)")
     p.add_argument("--out", default=None, help="PNG strip (default: SOURCE.turntable.png); the GIF goes beside it")
@@ -66,7 +69,7 @@ def run_render(args: argparse.Namespace, sel: Selection) -> int:
     check_outputs([out, gif], [args.source])
     field, params, meta = _field_and_params(args.source, sel.device or torch.device("cpu"))
     if not meta.get("task"):
-        raise MetaINRError(f"{args.source} names no task: render needs one with cameras (views, sdf3d)")
+        raise MetaINRError(f"{args.source} names no task: render needs one with frames (views, sdf3d, video)")
     with user_errors(f"{args.source}: "):
         task = build_task(meta["task"], **({"resolution": args.resolution} if args.resolution else {}))
         with torch.no_grad():

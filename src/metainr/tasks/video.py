@@ -75,8 +75,10 @@ class VideoConfig(Config):
         if self.count < 1 or self.val_count < 1:
             raise ValueError(f"count and val_count must be >= 1, got {self.count}, {self.val_count}")
         check_signals(max(self.count, self.val_count), "pans (count)")
-        t, side = self.frames or DEFAULT_FRAMES, self.resolution or DEFAULT_RESOLUTION
-        check_pixels(t * side * side * (self.channels or 3), f"a clip of {t} frames of {side}x{side}")
+        if self.frames or self.resolution:  # sizes left to the data are checked where a file declares them
+            t, side = self.frames or 1, self.resolution or 1
+            check_pixels(t * side * side * (self.channels or 1), f"a clip of {self.frames or 'any'} frames of "
+                         f"{self.resolution or 'any'}x{self.resolution or 'any'}")
 
 
 def _smallest_divisor(n: int, most: int) -> int:

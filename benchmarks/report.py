@@ -323,12 +323,16 @@ def timeseries(r: dict) -> list[str]:
     if "memory" in r:
         sizes = list(dict.fromkeys(x["size"] for x in r["memory"]))
         mem = {(x["size"], x["learner"]): x for x in r["memory"]}
-        out += ["", "Peak memory of one outer step (MB; SIREN 4×128, meta-batch 2, fresh process):", ""]
+        learners = list(dict.fromkeys(x["learner"] for x in r["memory"]))
+        out += ["", "Peak memory of one outer step (MB above the RSS before it; SIREN 4×128, meta-batch 2, fresh "
+                "process; `_loop`: every inner step's graph kept, no recomputation):", ""]
         out += _table(["learner", *sizes], [[who, *(f"{mem[(sz, who)]['peak_mb']:.0f}" if mem[(sz, who)]["peak_mb"]
                                                     is not None else (mem[(sz, who)]["error"] or "-") for sz in sizes)]
-                                            for who in ("maml_k4", "gradncp_k16")])
+                                            for who in learners])
         out += ["", f"Largest clip under {r['config']['memory']['budget_gib']} GiB: "
-                f"{r['largest_under_budget']}; MAML K=4 fits GradNCP's largest: {r['maml_k4_fits_gradncp_largest']}."]
+                + ", ".join(f"{k} {v}" for k, v in r["largest_under_budget"].items())
+                + "; MAML K=4 fits GradNCP K=16's largest: "
+                + ", ".join(f"{k} {v}" for k, v in r["maml_k4_fits_gradncp_largest"].items()) + "."]
     return out
 
 

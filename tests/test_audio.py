@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
-from metainr import TrainConfig, build_learner, fit, mean_psnr, meta_train
 from metainr.data.sounds import notes, read_sound, write_wav
 from metainr.fields import FieldConfig, build_field
 from metainr.metrics import psnr
 from metainr.tasks import AudioTask, build_task
+
+from meta_vs_random import meta_and_random_psnr
 
 
 def test_query_rows_are_scaled_times_and_values_are_samples_in_unit_range():
@@ -81,19 +82,9 @@ def test_cli_fits_a_wav_from_random_and_from_a_checkpoint(cli, tmp_path):
 
 def test_learned_init_beats_random_after_two_steps():
     task = AudioTask(length=1000)
-    train, test = notes("train", 64, 1000), notes("test", 8, 1000)
-    batch = task.batch(test)
-
-    def siren(seed):
-        return build_field(FieldConfig(in_dim=1, out_dim=1, width=64, depth=4, seed=seed))
-
-    field = siren(1)
-    random = max(mean_psnr(fit(task, field, dict(field.named_parameters()), batch, 2, lr=lr).psnr[:, -1])
-                 for lr in (1e-4, 1e-3, 1e-2))
-    learner = build_learner(siren(0), "metasgd", inner_steps=2, inner_lr=1e-2)  # the task's preset learner
-    meta_train(learner, task, train, TrainConfig(steps=100, batch_size=4, outer_lr=1e-3), progress=False)
-    meta = mean_psnr(fit(task, learner.field, learner.signal_init(task, batch), batch, 2,
-                         **learner.test_rule().fit_options(task, learner.field)).psnr[:, -1])
+    train, batch = notes("train", 64, 1000), task.batch(notes("test", 8, 1000))
+    meta, random = meta_and_random_psnr(task, train, batch, lambda seed: build_field(FieldConfig(
+        in_dim=1, out_dim=1, width=64, depth=4, seed=seed)), "metasgd", inner_steps=2, inner_lr=1e-2)  # the preset learner
     # measured (1 thread, 100 outer steps, 1,000-sample notes): Meta-SGD 33.5 dB after 2 steps vs the best
     # Adam lr of a random init 19.8 dB (silence's PSNR): a margin of 13.7 dB; about half is asserted
     assert meta > random + 7.0, (meta, random)

@@ -7,13 +7,15 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from metainr import TrainConfig, build_learner, fit, mean_psnr, meta_train
+from metainr import build_learner
 from metainr.data.clips import pans, read_clip, write_gif
 from metainr.fields import FieldConfig, NeRV, build_field, count_parameters
 from metainr.fields.mlp import declared_size
 from metainr.meta.context import closed_form_scores, select_context
 from metainr.metrics import psnr
 from metainr.tasks import ImageTask, VideoTask, field_dims, for_field
+
+from meta_vs_random import meta_and_random_psnr
 
 
 def _clips(n=2, t=4, side=8, seed=0):
@@ -176,19 +178,9 @@ def test_cli_meta_trains_nerv_and_fits_renders_a_gif(cli, tmp_path):
 
 def test_learned_init_beats_random_after_two_steps():
     task = VideoTask(frames=4, resolution=12)
-    train, test = pans("train", 64, 4, 12, 12), pans("test", 8, 4, 12, 12)
-    batch = task.batch(test)
-
-    def siren(seed):
-        return build_field(FieldConfig(in_dim=3, out_dim=3, width=64, depth=4, seed=seed))
-
-    field = siren(1)
-    random = max(mean_psnr(fit(task, field, dict(field.named_parameters()), batch, 2, lr=lr).psnr[:, -1])
-                 for lr in (1e-4, 1e-3, 1e-2))
-    learner = build_learner(siren(0), "metasgd", inner_steps=2, inner_lr=1e-2)  # the task's preset learner
-    meta_train(learner, task, train, TrainConfig(steps=100, batch_size=4, outer_lr=1e-3), progress=False)
-    meta = mean_psnr(fit(task, learner.field, learner.signal_init(task, batch), batch, 2,
-                         **learner.test_rule().fit_options(task, learner.field)).psnr[:, -1])
+    train, batch = pans("train", 64, 4, 12, 12), task.batch(pans("test", 8, 4, 12, 12))
+    meta, random = meta_and_random_psnr(task, train, batch, lambda seed: build_field(FieldConfig(
+        in_dim=3, out_dim=3, width=64, depth=4, seed=seed)), "metasgd", inner_steps=2, inner_lr=1e-2)  # the preset learner
     # measured (1 thread, 100 outer steps, 4x12x12 pans): Meta-SGD 24.6 dB after 2 steps vs the best Adam lr
     # of a random init 18.1 dB: a margin of 6.5 dB; about half is asserted
     assert meta > random + 3.0, (meta, random)

@@ -203,8 +203,7 @@ needs_video = pytest.mark.skipif(clips._video_plugin() is None, reason="no MP4 b
 @needs_video
 @pytest.mark.parametrize("plugin", ["pyav", "FFMPEG"])
 def test_mp4_round_trip(tmp_path, monkeypatch, plugin):
-    if plugin == "FFMPEG":
-        pytest.importorskip("imageio_ffmpeg")
+    pytest.importorskip({"pyav": "av", "FFMPEG": "imageio_ffmpeg"}[plugin])  # CI has imageio-ffmpeg only
     monkeypatch.setattr(clips, "_video_plugin", lambda: plugin)
     clip = pans("test", 1, 8, 64, 64, sprites=False)[0]
     write_mp4(tmp_path / "a.mp4", clip, fps=12)

@@ -253,6 +253,34 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
+ENTRY_POINT_GROUP = "metainr.tasks"
+"""the entry-point group through which other packages add tasks (each entry point names a Task class)"""
+
+
+def load_task_plugins() -> list[str]:
+    """Register the tasks installed packages declare in the ``metainr.tasks`` entry-point group
+    (``name = "package.module:TaskClass"``); returns the names added. A plugin that fails to load,
+    or is not a named Task class, is skipped with a logged warning naming it: a broken package
+    never stops the built-in tasks."""
+    import logging
+    from importlib.metadata import entry_points
+
+    added = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as exc:  # third-party code: any failure is the plugin's
+            logging.getLogger(__name__).warning("task plugin %r (%s) failed to load: %s", ep.name, ep.value, exc)
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Task) and cls.name):
+            logging.getLogger(__name__).warning("task plugin %r (%s) is not a named Task class", ep.name, ep.value)
+            continue
+        if cls.name not in TASKS:
+            TASKS[cls.name] = cls
+            added.append(cls.name)
+    return added
+
+
 def build_task(spec: str | Mapping[str, Any], **overrides: Any) -> Task:
     """A task from its name (default config + ``overrides``) or from a checkpoint's spec dict."""
     if isinstance(spec, str):

@@ -18,6 +18,7 @@ _EXPORTS = {
     "errors": ["CheckpointMismatch", "MetaINRError", "TrainingDiverged"],
     "fields": ["FieldConfig", "FourierMLP", "NeRV", "PositionalMLP", "Siren", "build_field", "count_parameters",
                "density", "magnitude_prune", "narrow_width", "random_prune"],
+    "field_files": ["FittedField", "load_field", "save_field"],
     "fit": ["FitResult", "fit"],
     "limits": ["Limits", "use_limits"],
     "meta": ["FOMAML", "GRADNCP", "MAML", "ContextConfig", "GradNCP", "GradientRescaling", "Learner", "MAMLConfig",

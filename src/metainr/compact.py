@@ -20,12 +20,13 @@ def _effective(params: Params, name: str, factorized: bool, mask: Tensor) -> Ten
     return weight * mask
 
 
-def export_compact(path: str | Path, field: Field, params: Params) -> int:
+def export_compact(path: str | Path, field: Field, params: Params, info: dict | None = None) -> int:
     """Write one signal's fitted params (name -> tensor, unbatched) of a sparse field compactly.
 
     Per layer: the alive entries of the effective weight (float32, row-major), the mask packed
     8 entries per byte, and the bias. RWF layers are stored as their effective weight, so the file
-    loads into the same field without factorization. Returns the file size in bytes.
+    loads into the same field without factorization; ``info`` (JSON values, e.g. the task's spec)
+    is kept in the metadata. Returns the file size in bytes.
     """
     tensors = {}
     for name, m in named_masked_layers(field):
@@ -35,7 +36,7 @@ def export_compact(path: str | Path, field: Field, params: Params) -> int:
         tensors[f"{name}.mask_bits"] = torch.from_numpy(np.packbits(mask.flatten().numpy()))
         tensors[f"{name}.bias"] = params[f"{name}.bias"].detach().float()
     config = dataclasses.replace(field.config, rwf=False)
-    save_tensors(path, tensors, {"compact": True, "field": config.to_dict()})
+    save_tensors(path, tensors, {**(info or {}), "compact": True, "field": config.to_dict()})
     return Path(path).stat().st_size
 
 

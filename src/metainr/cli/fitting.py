@@ -60,7 +60,6 @@ def add_parsers(sub: argparse._SubParsersAction, sel: Selection) -> None:
 
 
 def run_fit(args: argparse.Namespace, sel: Selection) -> int:
-    from ..store import save_tensors
 
     if args.steps is not None and args.steps < 0:
         raise MetaINRError(f"--steps must be >= 0, got {args.steps}")
@@ -101,15 +100,10 @@ def run_fit(args: argparse.Namespace, sel: Selection) -> int:
         written = [str(p) for p in task.write(out, recon[0].cpu())] or [str(out)]
     report.update(final_ssim=final_ssim, diverged=False, output=written[0], outputs=written)
     if args.save_field:
-        one = {n: p[0].detach().cpu() for n, p in result.params.items()}
-        if args.compact:
-            from ..compact import export_compact
+        from ..field_files import save_field
 
-            saved = export_compact(args.save_field, field.cpu(), one)
-        else:
-            save_tensors(args.save_field, one, {"field": field.config.to_dict(), "task": task.spec(),
-                                                "file": str(args.file), "steps": steps})
-            saved = Path(args.save_field).stat().st_size
+        saved = save_field(args.save_field, field, {n: p[0] for n, p in result.params.items()}, task,
+                           compact=args.compact, file=str(args.file), steps=steps)
         report.update(field_file=args.save_field, field_bytes=saved,
                       bits_per_value=8 * saved / batch.values[0].numel())
     if args.json:

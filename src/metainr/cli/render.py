@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from ..errors import MetaINRError
-from ..fields import FieldConfig, build_field
 from ..functional import field_function
 from ..store import atomic_write_bytes, check_outputs, load_tensors
 from ..tasks import Renderable, build_task, require
@@ -40,25 +39,16 @@ def add_parser(sub: argparse._SubParsersAction, sel: Selection) -> None:
 
 
 def _field_and_params(path: str, device: torch.device) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict]:
-    """(field, params of one signal, metadata) of a checkpoint or a fitted-field file."""
-    from ..compact import load_compact
+    """(field, params of one signal, metadata with the task's spec) of a checkpoint or a fitted-field file."""
+    from ..field_files import load_field
     from ..train import load_learner
 
-    tensors, meta = load_tensors(path)
+    _, meta = load_tensors(path)
     if meta.get("learner"):
         learner, meta = load_learner(path, device=device)
         return learner.field, {n: p.detach() for n, p in learner.init_params().items()}, meta
-    if meta.get("compact"):
-        field, params = load_compact(path)
-        return field.to(device), {n: p.to(device) for n, p in params.items()}, meta
-    if not isinstance(meta.get("field"), dict):
-        raise MetaINRError(f"{path} is neither a checkpoint nor a fitted field (no field config)")
-    with user_errors(f"{path}: "):
-        field = build_field(FieldConfig.from_dict(meta["field"])).to(device)
-    names = {n: p for n, p in field.named_parameters()}
-    if set(names) != set(tensors) or any(tensors[n].shape != p.shape for n, p in names.items()):
-        raise MetaINRError(f"{path}: its tensors do not match the field its config describes")
-    return field, {n: tensors[n].to(device) for n in names}, meta
+    fitted = load_field(path, device)
+    return fitted.field, fitted.params, {"task": fitted.task.spec() if fitted.task is not None else None}
 
 
 def run_render(args: argparse.Namespace, sel: Selection) -> int:

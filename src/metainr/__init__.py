@@ -28,6 +28,7 @@ _EXPORTS = {
     "tasks": ["TASKS", "AudioConfig", "AudioTask", "Batch", "CTConfig", "CTTask", "ImageConfig", "ImageTask",
               "SDF2DConfig", "SDF2DTask", "SDF3DConfig", "SDF3DTask", "SphereConfig", "SphereTask", "Task",
               "VideoConfig", "VideoTask", "build_task", "register_task"],
+    "start": ["Fitted", "Start", "fit_from_checkpoint"],
     "train": ["PruneConfig", "PruneRounds", "TrainConfig", "iterative_pruning", "load_learner", "meta_train",
               "save_checkpoint", "task_from_meta"],
 }

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from torch import nn
 
 from ..errors import MetaINRError
 from ..fields import FIELDS, FieldConfig, build_field
 from ..meta import Learner, TestRule
+from ..start import Start, learner_start, random_start, rule_with
 from ..tasks import TASKS, Batch, Preset, Task, build_task, field_dims, for_field
 from ..limits import Limits
 from .options import add_config_args, config_from_args, finite_float, given_options, positive_float, positive_int
@@ -131,63 +131,24 @@ def chosen_task(args: argparse.Namespace, sel: Selection) -> Task:
         return build_task(meta["task"], **given)
 
 
-def random_rule(task: Task) -> tuple[str, float, int]:
-    """(optimizer, lr, steps) of a fit from a random init."""
-    rule = preset(task).random
-    return rule.optimizer, rule.lr, rule.steps
-
-
-@dataclass
-class Start:
-    """Where fitting starts: a checkpoint's learner, or a random init of a field."""
-
-    task: Task
-    field: nn.Module
-    rule: TestRule
-    default_steps: int
-    learner: Learner | None = None
-
-    def init(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Initial params for the signals of ``batch`` (shared, or one set per signal)."""
-        if self.learner is None:
-            return {n: p.detach() for n, p in self.field.named_parameters()}
-        with torch.no_grad(), user_errors():
-            return self.learner.signal_init(self.task, batch)
-
-
 def start_of(args: argparse.Namespace, sel: Selection, task: Task) -> Start:
     """The field, init, default rule and steps that ``--init`` names (a checkpoint was read once)."""
     if sel.loaded is None:
         with user_errors():
-            field = build_field(field_config(args, task)).to(sel.device)
-        optimizer, lr, steps = random_rule(task)
-        return Start(task, field, TestRule(optimizer, lr), steps)  # type: ignore[arg-type]
+            return random_start(task, build_field(field_config(args, task)).to(sel.device))
     if given_options(args, FieldConfig, "field"):
         raise MetaINRError("field options only apply to --init random; a checkpoint carries its own architecture")
-    learner, meta = sel.loaded
-    cfg = learner.field.config
-    if (cfg.in_dim, cfg.out_dim) != (task.in_dim, task.out_dim):
-        raise MetaINRError(f"{args.init} holds a field with {cfg.in_dim}-d inputs and {cfg.out_dim} channels, but the "
-                           f"task needs {task.in_dim}-d inputs and {task.out_dim} channels")
-    # the longer of the learner's inner loop and the run's validation fits
-    eval_steps = int((meta.get("train") or {}).get("eval_steps") or 0)
-    steps = max(int(getattr(learner.config, "inner_steps", 0)), eval_steps, 2)
-    return Start(task, learner.field, learner.test_rule(), steps, learner)
+    with user_errors(f"{args.init}: "):
+        return learner_start(*sel.loaded, task)
 
 
 def test_rule(args: argparse.Namespace, default: TestRule) -> TestRule:
     """The default rule with --optimizer / --lr / --rescale applied."""
-    optimizer = args.optimizer or default.optimizer
-    rescale = default.rescale if args.rescale is None else args.rescale
-    if not 0 <= rescale <= 1:
-        raise MetaINRError(f"--rescale must be a keep ratio in [0, 1], got {rescale}")
-    if args.lr is not None:
-        if args.lr <= 0:
-            raise MetaINRError(f"--lr must be positive, got {args.lr}")
-        return TestRule(optimizer, args.lr, rescale)
-    if optimizer != default.optimizer:
-        return TestRule(optimizer, 1e-3 if optimizer == "adam" else 1e-2, rescale)
-    return TestRule(default.optimizer, default.lrs, rescale)
+    if args.rescale is not None and not 0 <= args.rescale <= 1:
+        raise MetaINRError(f"--rescale must be a keep ratio in [0, 1], got {args.rescale}")
+    if args.lr is not None and not args.lr > 0:
+        raise MetaINRError(f"--lr must be positive, got {args.lr}")
+    return rule_with(default, args.optimizer, args.lr, args.rescale)
 
 
 def add_rule_args(parser: argparse.ArgumentParser, taken: set[str]) -> None:

@@ -81,7 +81,9 @@ def run_fit(args: argparse.Namespace, sel: Selection) -> int:
     check_outputs([*task.output_paths(out), args.save_field],
                   [args.file, args.reference, None if args.init == "random" else args.init])
     batch = batch.to(sel.device)
-    result = fit(task, field, start.init(batch), batch, steps, record=recorded_steps(steps),
+    with user_errors():
+        init = start.init(batch)
+    result = fit(task, field, init, batch, steps, record=recorded_steps(steps),
                  **rule.fit_options(task, field))
     psnr = result.metrics.get("psnr")  # none where the task has nothing to compare with (no --reference)
     report = {"file": str(args.file), "task": task.name, "init": args.init, "optimizer": rule.optimizer,
@@ -161,7 +163,9 @@ def run_eval(args: argparse.Namespace, sel: Selection) -> int:
     psnr, ssim, bad = [], [], False
     for batch in batches:
         batch = batch.to(sel.device)
-        result = fit(task, start.field, start.init(batch), batch, max(args.steps), record=args.steps,
+        with user_errors():
+            init = start.init(batch)
+        result = fit(task, start.field, init, batch, max(args.steps), record=args.steps,
                      **rule.fit_options(task, start.field))
         psnr.append([mean_psnr(result.psnr[:, i]) for i in range(len(result.steps))])
         bad = bad or diverged(result)

@@ -1,0 +1,135 @@
+"""Where a test-time fit starts, and fitting a user's file in one call.
+
+A :class:`Start` is a field, its initial params for a batch (a checkpoint's learned init, or the
+field's own random weights), the rule that fits from there (optimizer and step sizes) and how many
+steps a fit takes when the caller does not say. :func:`fit_from_checkpoint` is what ``metainr fit``
+does, as one library call: the checkpoint's task reads the file, the learner's init and test rule
+fit it, and the result comes back with the fitted field.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .device import resolve_device
+from .field_files import FittedField
+from .fields import FieldConfig, build_field
+from .fit import FitResult, fit
+from .meta import Learner, TestRule
+from .tasks import Batch, FileDependent, Task, build_task, field_dims, for_field
+from .train import load_learner
+
+
+@dataclass
+class Start:
+    """Where fitting starts: a checkpoint's learner, or a random init of a field."""
+
+    task: Task
+    field: nn.Module
+    rule: TestRule
+    default_steps: int
+    """steps of a fit when the caller gives none: the learner's inner loop (or its run's validation
+    fits, the longer), at least 2; the task preset's for a random init"""
+    learner: Learner | None = None
+
+    def init(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Initial params for the signals of ``batch`` (shared, or one set per signal)."""
+        if self.learner is None:
+            return {n: p.detach() for n, p in self.field.named_parameters()}
+        with torch.no_grad():
+            return self.learner.signal_init(self.task, batch)
+
+
+def learner_start(learner: Learner, meta: Mapping[str, Any], task: Task) -> Start:
+    """The start a loaded checkpoint gives (``meta``: its metadata); ``task`` must match its field."""
+    cfg = learner.field.config
+    if (cfg.in_dim, cfg.out_dim) != (task.in_dim, task.out_dim):
+        raise ValueError(f"the checkpoint holds a field with {cfg.in_dim}-d inputs and {cfg.out_dim} channels, but the "
+                         f"task needs {task.in_dim}-d inputs and {task.out_dim} channels")
+    eval_steps = int((meta.get("train") or {}).get("eval_steps") or 0)
+    steps = max(int(getattr(learner.config, "inner_steps", 0)), eval_steps, 2)
+    return Start(task, learner.field, learner.test_rule(), steps, learner)
+
+
+def random_start(task: Task, field: nn.Module) -> Start:
+    """A random init of ``field`` fitted with the task preset's rule (Adam by default)."""
+    rule = type(task).preset.random
+    return Start(task, field, TestRule(rule.optimizer, rule.lr), rule.steps)  # type: ignore[arg-type]
+
+
+def rule_with(default: TestRule, optimizer: str | None = None, lr: float | None = None,
+              rescale: float | None = None) -> TestRule:
+    """``default`` with the optimizer, step size or GradNCP rescaling keep ratio a caller chose (a
+    new optimizer without an lr gets its usual one: 1e-3 for Adam, 1e-2 for SGD)."""
+    optimizer = optimizer or default.optimizer
+    rescale = default.rescale if rescale is None else rescale
+    if not 0 <= rescale <= 1:
+        raise ValueError(f"rescale must be a keep ratio in [0, 1], got {rescale}")
+    if lr is not None:
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        return TestRule(optimizer, lr, rescale)
+    if optimizer != default.optimizer:
+        return TestRule(optimizer, 1e-3 if optimizer == "adam" else 1e-2, rescale)
+    return TestRule(default.optimizer, default.lrs, rescale)
+
+
+@dataclass
+class Fitted:
+    """What :func:`fit_from_checkpoint` returns."""
+
+    task: Task
+    batch: Batch
+    """the file's signal as the task read it (a batch of one)"""
+    result: FitResult
+    field: FittedField
+    """the fitted field of the signal (save it with :func:`metainr.save_field`)"""
+    steps: int
+    rule: TestRule
+
+
+def fit_from_checkpoint(init: str | Path, source: str | Path, steps: int | None = None, *,
+                        task: str | Task | None = None, reference: str | Path | None = None,
+                        optimizer: str | None = None, lr: float | None = None, rescale: float | None = None,
+                        field: FieldConfig | None = None, record: list[int] | None = None,
+                        device: str | torch.device | None = "cpu", **task_options: Any) -> Fitted:
+    """Fit the signal in the file ``source`` from a checkpoint (``init``: its path) or from
+    ``init="random"`` (then ``task`` names the task, ``field`` the architecture: default the task
+    preset's). ``task_options`` override the task's config (e.g. ``frames=8``); ``steps`` default
+    to the start's; ``optimizer`` / ``lr`` / ``rescale`` change its rule; ``record``: the steps
+    whose metrics the result keeps (default: the last). Errors are ValueErrors / MetaINRErrors of
+    one line."""
+    device = resolve_device(device)
+    if str(init) == "random":
+        if task is None:
+            raise ValueError("a random init needs a task (task='image', ...)")
+        chosen = build_task(task, **task_options) if isinstance(task, str) else task
+        chosen = for_field(chosen, (field or type(chosen).preset.field).kind)
+        learner, meta = None, {}
+    else:
+        learner, meta = load_learner(init, device=device)
+        chosen = build_task(meta["task"], **task_options)
+    if isinstance(chosen, FileDependent):  # a task whose geometry a file fixes (e.g. a scan's detectors)
+        chosen = chosen.for_file(source)
+    batch = chosen.read(source, reference)
+    if learner is None:
+        chosen = chosen.settled(batch)
+        cfg = dataclasses.replace(field or type(chosen).preset.field, **field_dims(chosen))
+        start = random_start(chosen, build_field(cfg).to(device))
+    else:
+        start = learner_start(learner, meta, chosen)
+    rule = rule_with(start.rule, optimizer, lr, rescale)
+    steps = start.default_steps if steps is None else int(steps)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    batch = batch.to(device)
+    result = fit(chosen, start.field, start.init(batch), batch, steps, record=record or [steps],
+                 **rule.fit_options(chosen, start.field))
+    one = {n: p[0].detach() for n, p in result.params.items()}
+    return Fitted(chosen, batch, result, FittedField(start.field, one, chosen, {"file": str(source), "steps": steps}),
+                  steps, rule)

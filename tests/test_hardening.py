@@ -80,16 +80,16 @@ def test_sizes_declared_by_inputs_are_refused_before_allocation(cli, tmp_path, t
 
 
 def test_fit_with_a_huge_step_count_sizes_nothing(cli, trained, tmp_path, monkeypatch):
-    from metainr.cli import fitting
+    from metainr import start
 
     seen = {}
-    real_fit = fitting.fit
+    real_fit = start.fit
 
     def spy(*args, **kwargs):
         seen["record"] = kwargs["record"]
         raise KeyboardInterrupt  # stop before the (legitimately) endless fit
 
-    monkeypatch.setattr(fitting, "fit", spy)
+    monkeypatch.setattr(start, "fit", spy)
     code, _, err = cli("fit", trained / "face.png", "--init", "random", "--steps", "99999999999",
                        "--out", tmp_path / "a.png")
     assert code == 130 and len(seen["record"]) == 1001 and seen["record"][-1] == 99999999999

@@ -81,7 +81,7 @@ def rule_with(default: TestRule, optimizer: str | None = None, lr: float | None 
 
 @dataclass
 class Fitted:
-    """What :func:`fit_from_checkpoint` returns."""
+    """What a fit of a user's file gives back (:func:`fit_from_checkpoint`, :meth:`FitPlan.run`)."""
 
     task: Task
     batch: Batch
@@ -93,26 +93,53 @@ class Fitted:
     rule: TestRule
 
 
-def fit_from_checkpoint(init: str | Path, source: str | Path, steps: int | None = None, *,
-                        task: str | Task | None = None, reference: str | Path | None = None,
-                        optimizer: str | None = None, lr: float | None = None, rescale: float | None = None,
-                        field: FieldConfig | None = None, record: list[int] | None = None,
-                        device: str | torch.device | None = "cpu", **task_options: Any) -> Fitted:
-    """Fit the signal in the file ``source`` from a checkpoint (``init``: its path) or from
-    ``init="random"`` (then ``task`` names the task, ``field`` the architecture: default the task
-    preset's). ``task_options`` override the task's config (e.g. ``frames=8``); ``steps`` default
-    to the start's; ``optimizer`` / ``lr`` / ``rescale`` change its rule; ``record``: the steps
-    whose metrics the result keeps (default: the last). Errors are ValueErrors / MetaINRErrors of
-    one line."""
+@dataclass
+class FitPlan:
+    """A fit of a user's file, ready to run: the task that read it, the signal, where it starts
+    and the rule (:func:`prepare_fit`). Callers check what they must before any work (e.g. that
+    outputs do not replace inputs), then :meth:`run`."""
+
+    task: Task
+    batch: Batch
+    start: Start
+    rule: TestRule
+    source: str
+
+    def run(self, steps: int | None = None, record: list[int] | None = None) -> Fitted:
+        """Fit ``steps`` steps (default: the start's); ``record``: the steps whose metrics the
+        result keeps (default: the last)."""
+        steps = self.start.default_steps if steps is None else int(steps)
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        start, task = self.start, self.task
+        result = fit(task, start.field, start.init(self.batch), self.batch, steps, record=record or [steps],
+                     **self.rule.fit_options(task, start.field))
+        one = {n: p[0].detach() for n, p in result.params.items()}
+        fitted = FittedField(start.field, one, task, {"file": self.source, "steps": steps})
+        return Fitted(task, self.batch, result, fitted, steps, self.rule)
+
+
+def prepare_fit(init: str | Path | tuple[Learner, Mapping[str, Any]], source: str | Path, *,
+                task: str | Task | None = None, reference: str | Path | None = None, optimizer: str | None = None,
+                lr: float | None = None, rescale: float | None = None, field: FieldConfig | None = None,
+                device: str | torch.device | None = "cpu", **task_options: Any) -> FitPlan:
+    """Read the file ``source`` and set up its fit (see :func:`fit_from_checkpoint`); ``init`` may
+    also be a loaded checkpoint, ``(learner, metadata)`` from :func:`metainr.load_learner`."""
     device = resolve_device(device)
-    if str(init) == "random":
+    if isinstance(init, tuple):
+        learner, meta = init
+    elif str(init) == "random":
+        learner, meta = None, {}
+    else:
+        learner, meta = load_learner(init, device=device)
+    if learner is None:
         if task is None:
             raise ValueError("a random init needs a task (task='image', ...)")
         chosen = build_task(task, **task_options) if isinstance(task, str) else task
         chosen = for_field(chosen, (field or type(chosen).preset.field).kind)
-        learner, meta = None, {}
     else:
-        learner, meta = load_learner(init, device=device)
+        if field is not None:
+            raise ValueError("a field config only applies to a random init; a checkpoint carries its own architecture")
         chosen = build_task(meta["task"], **task_options)
     if isinstance(chosen, FileDependent):  # a task whose geometry a file fixes (e.g. a scan's detectors)
         chosen = chosen.for_file(source)
@@ -123,13 +150,15 @@ def fit_from_checkpoint(init: str | Path, source: str | Path, steps: int | None 
         start = random_start(chosen, build_field(cfg).to(device))
     else:
         start = learner_start(learner, meta, chosen)
-    rule = rule_with(start.rule, optimizer, lr, rescale)
-    steps = start.default_steps if steps is None else int(steps)
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    batch = batch.to(device)
-    result = fit(chosen, start.field, start.init(batch), batch, steps, record=record or [steps],
-                 **rule.fit_options(chosen, start.field))
-    one = {n: p[0].detach() for n, p in result.params.items()}
-    return Fitted(chosen, batch, result, FittedField(start.field, one, chosen, {"file": str(source), "steps": steps}),
-                  steps, rule)
+    return FitPlan(chosen, batch.to(device), start, rule_with(start.rule, optimizer, lr, rescale), str(source))
+
+
+def fit_from_checkpoint(init: str | Path | tuple[Learner, Mapping[str, Any]], source: str | Path,
+                        steps: int | None = None, *, record: list[int] | None = None, **options: Any) -> Fitted:
+    """Fit the signal in the file ``source`` from a checkpoint (``init``: its path) or from
+    ``init="random"`` (then ``task=`` names the task, ``field=`` the architecture: default the
+    task preset's), as ``metainr fit`` does. ``options``: ``task``, ``reference``, ``optimizer`` /
+    ``lr`` / ``rescale`` (change the start's rule), ``field``, ``device``, and task config
+    overrides (e.g. ``frames=8``); ``steps`` default to the start's; ``record``: the steps whose
+    metrics the result keeps (default: the last). Errors are one-line ValueErrors / MetaINRErrors."""
+    return prepare_fit(init, source, **options).run(steps, record)

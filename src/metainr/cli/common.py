@@ -142,12 +142,17 @@ def start_of(args: argparse.Namespace, sel: Selection, task: Task) -> Start:
         return learner_start(*sel.loaded, task)
 
 
-def test_rule(args: argparse.Namespace, default: TestRule) -> TestRule:
-    """The default rule with --optimizer / --lr / --rescale applied."""
+def check_rule_options(args: argparse.Namespace) -> None:
+    """--lr and --rescale in range, in one line naming the option."""
     if args.rescale is not None and not 0 <= args.rescale <= 1:
         raise MetaINRError(f"--rescale must be a keep ratio in [0, 1], got {args.rescale}")
     if args.lr is not None and not args.lr > 0:
         raise MetaINRError(f"--lr must be positive, got {args.lr}")
+
+
+def test_rule(args: argparse.Namespace, default: TestRule) -> TestRule:
+    """The default rule with --optimizer / --lr / --rescale applied."""
+    check_rule_options(args)
     return rule_with(default, args.optimizer, args.lr, args.rescale)
 
 

@@ -13,11 +13,14 @@ from ..errors import MetaINRError
 from ..fit import fit
 from ..functional import field_function
 from ..metrics import mean_psnr
+from ..fields import FieldConfig
+from ..start import prepare_fit
 from ..store import check_outputs
-from ..tasks import TASKS, FileDependent
-from .common import (Selection, add_device, add_field_args, add_rule_args, add_task_args, chosen_task, default_data,
-                     first_batch, settle, start_of, test_rule, user_errors)
-from .options import step_list
+from ..tasks import TASKS
+from .common import (Selection, add_device, add_field_args, add_rule_args, add_task_args, check_rule_options,
+                     chosen_task, default_data, first_batch, given_task_options, preset, settle, start_of, test_rule,
+                     user_errors)
+from .options import config_from_args, given_options, step_list
 
 INIT_HELP = "a checkpoint (.safetensors; its task comes with it) or 'random' (a field of --task's preset)"
 
@@ -63,28 +66,27 @@ def run_fit(args: argparse.Namespace, sel: Selection) -> int:
 
     if args.steps is not None and args.steps < 0:
         raise MetaINRError(f"--steps must be >= 0, got {args.steps}")
-    task = chosen_task(args, sel)
-    with user_errors():
-        if isinstance(task, FileDependent):  # a task whose geometry a file fixes (e.g. a scan's detectors)
-            task = task.for_file(args.file)
-        batch = task.read(args.file, args.reference)
+    check_rule_options(args)
+    if sel.loaded is not None and given_options(args, FieldConfig, "field"):
+        raise MetaINRError("field options only apply to --init random; a checkpoint carries its own architecture")
+    field_cfg = None
     if sel.loaded is None:
-        task = settle(task, batch)
-    start = start_of(args, sel, task)
-    field = start.field
+        with user_errors():
+            field_cfg = config_from_args(args, FieldConfig, "field", preset(sel.task).field.to_dict())
+    with user_errors():
+        plan = prepare_fit(sel.loaded or "random", args.file, task=sel.task, reference=args.reference,
+                           optimizer=args.optimizer, lr=args.lr, rescale=args.rescale, field=field_cfg,
+                           device=sel.device, **given_task_options(args, sel.task))
+    task, field, rule, batch = plan.task, plan.start.field, plan.rule, plan.batch
     if args.compact and not (args.save_field and field.config.sparse):
         raise MetaINRError("--compact needs --save-field PATH and a sparse field (a checkpoint from --prune-rounds)")
-    rule = test_rule(args, start.rule)
-    steps = start.default_steps if args.steps is None else args.steps
+    steps = plan.start.default_steps if args.steps is None else args.steps
     out = Path(args.out) if args.out else Path(args.file).with_suffix(".recon.png")
     # before any work: no output may replace an input (or a device, a directory, one another)
     check_outputs([*task.output_paths(out), args.save_field],
                   [args.file, args.reference, None if args.init == "random" else args.init])
-    batch = batch.to(sel.device)
     with user_errors():
-        init = start.init(batch)
-    result = fit(task, field, init, batch, steps, record=recorded_steps(steps),
-                 **rule.fit_options(task, field))
+        result = plan.run(steps, record=recorded_steps(steps)).result
     psnr = result.metrics.get("psnr")  # none where the task has nothing to compare with (no --reference)
     report = {"file": str(args.file), "task": task.name, "init": args.init, "optimizer": rule.optimizer,
               "steps": result.steps, "psnr": [] if psnr is None else [_number(v) for v in psnr[0]],

@@ -27,8 +27,9 @@ from torch import Tensor
 from ..errors import MetaINRError
 from ..limits import check_pixels, check_signals
 from ..store import atomic_write_bytes
+from .files import one_line_reason
 from .images import (IMAGE_SUFFIXES, PATCH_TEST_PHOTOS, PATCH_TRAIN_PHOTOS, _check_split, _open_pil, _photo,
-                     load_image, to_float_image)
+                     cover_shape, load_image, resize_center_crop, to_float_image)
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -36,10 +37,6 @@ if TYPE_CHECKING:
 CLIP_SUFFIXES = (".gif", ".mp4")
 _VIDEO_EXTRA = "MP4 needs the optional extra: pip install 'metainr[video]'"
 _PHOTO_SIDE = 256
-
-
-def _one_line(exc: Exception) -> str:
-    return (" ".join(str(exc).split("=== stderr ===")[0].split()) or type(exc).__name__)[:300]  # no ffmpeg log
 
 
 def _positive(**values: int) -> None:
@@ -117,24 +114,6 @@ def pans(split: str, count: int, frames: int = 8, height: int = 32, width: int =
 
 
 # -------------------------------------------------------------------------------------- reading
-def _resize_shape(h: int, w: int, height: int, width: int) -> tuple[int, int]:
-    scale = max(height / h, width / w)
-    return max(height, round(h * scale)), max(width, round(w * scale))
-
-
-def _resize_crop(frame: Tensor, height: int, width: int) -> Tensor:
-    """(h, w, C) -> (height, width, C): scale so the frame covers the target, then crop the centre."""
-    from skimage.transform import resize
-
-    h, w = frame.shape[:2]
-    if (h, w) == (height, width):
-        return frame
-    nh, nw = _resize_shape(h, w, height, width)
-    arr = resize(frame.numpy(), (nh, nw), anti_aliasing=nh < h or nw < w, preserve_range=True)
-    top, left = (nh - height) // 2, (nw - width) // 2
-    return torch.from_numpy(arr[top : top + height, left : left + width].astype(np.float32))
-
-
 def _gif_frames(path: Path) -> Iterator:
     """Yields (declared frames, H, W), then each frame as a uint8 RGB array."""
     from PIL import ImageSequence
@@ -145,7 +124,7 @@ def _gif_frames(path: Path) -> Iterator:
         try:
             n = im.n_frames  # walks the frame headers, decodes no pixels
         except (IndexError, EOFError, OSError, SyntaxError) as exc:
-            raise MetaINRError(f"cannot read clip {path}: truncated or damaged GIF ({_one_line(exc)})") from None
+            raise MetaINRError(f"cannot read clip {path}: truncated or damaged GIF ({one_line_reason(exc)})") from None
         yield n, im.size[1], im.size[0]
         for frame in ImageSequence.Iterator(im):
             yield np.asarray(frame.convert("RGB"))
@@ -228,7 +207,7 @@ def read_clip(path: str | Path, frames: int = 0, height: int = 0, width: int = 0
     def check(t: int) -> None:
         check_pixels(t * h * w * channels, f"clip {path} ({t} frames of {w}x{h})")
         if height:
-            nh, nw = _resize_shape(h, w, height, width)
+            nh, nw = cover_shape(h, w, height, width)
             check_pixels(t * nh * nw * channels, f"clip {path} resized ({t} frames of {nw}x{nh})")
 
     out: list[Tensor] = []
@@ -246,13 +225,13 @@ def read_clip(path: str | Path, frames: int = 0, height: int = 0, width: int = 0
                     raise MetaINRError(f"cannot read clip {path}: frame {len(out)} is {array.shape[1]}x"
                                        f"{array.shape[0]}, the clip is {w}x{h}")
                 frame = to_float_image(array, channels, name=f"frame {len(out)} of clip {path}")
-                out.append(_resize_crop(frame, height, width) if height else frame)
+                out.append(resize_center_crop(frame, height, width) if height else frame)
                 if len(out) == frames:
                     break
     except MetaINRError:
         raise
     except Exception as exc:  # decoders raise many types (OSError, EOFError, av errors, ...) on bad input
-        raise MetaINRError(f"cannot read clip {path}: {_one_line(exc)}") from None
+        raise MetaINRError(f"cannot read clip {path}: {one_line_reason(exc)}") from None
     finally:
         reader.close()
     if len(out) < max(frames, 1):
@@ -323,7 +302,8 @@ def _palette_frame(frame: np.ndarray) -> "PIL.Image.Image":
     im = Image.frombytes("P", frame.shape[1::-1], index.astype(np.uint8).tobytes())
     palette = np.stack([(colours >> s) & 255 for s in (16, 8, 0)], 1).astype(np.uint8)
     if len(colours) < 256:  # an unused colour that is not grey: Pillow reads a frame with an all-grey table
-        palette = np.concatenate([palette, np.array([[255, 0, 254]], np.uint8)])  # as mode L, and then misreads later frames' tables
+        # as mode L, and then misreads the tables of the frames after it
+        palette = np.concatenate([palette, np.array([[255, 0, 254]], np.uint8)])
     im.putpalette(palette.tobytes(), "RGB")
     return im
 
@@ -365,7 +345,7 @@ def write_mp4(path: str | Path, clip: Tensor, fps: float = 8.0) -> None:
             warnings.simplefilter("ignore")
             data = iio.imwrite("<bytes>", frames, extension=".mp4", plugin=plugin, fps=float(fps), **options)
     except Exception as exc:
-        raise MetaINRError(f"cannot write {path}: {_one_line(exc)}") from None
+        raise MetaINRError(f"cannot write {path}: {one_line_reason(exc)}") from None
     atomic_write_bytes(path, data)
 
 

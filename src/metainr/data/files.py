@@ -42,6 +42,12 @@ def read_npy(path: str | Path, what: str = "array") -> np.ndarray:
         raise MetaINRError(f"cannot read {what} {file}: {reason}") from None
 
 
+def one_line_reason(exc: BaseException, most: int = 300) -> str:
+    """An exception's message as one line of at most ``most`` characters for a user error (its
+    type's name when it has none; an ffmpeg log after ``=== stderr ===`` is left out)."""
+    return (" ".join(str(exc).split("=== stderr ===")[0].split()) or type(exc).__name__)[:most]
+
+
 def folder_files(folder: str | Path, suffixes: Iterable[str], what: str) -> list[Path]:
     """The files of ``folder`` whose suffix (any case) is one of ``suffixes``, sorted by name. A
     path that is not a folder, a folder without such files, or more files than ``max_signals``

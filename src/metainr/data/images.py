@@ -128,16 +128,25 @@ def to_float_image(array: np.ndarray, channels: int | None = None, *, name: str 
     return torch.from_numpy(np.ascontiguousarray(np.clip(a, 0.0, 1.0)))
 
 
-def resize_center_crop(image: Tensor, resolution: int) -> Tensor:
-    """(H, W, C) -> (resolution, resolution, C): scale the short side, then crop the centre."""
+def cover_shape(h: int, w: int, height: int, width: int) -> tuple[int, int]:
+    """The size an (h, w) image is scaled to so it covers (height, width) with its aspect kept."""
+    scale = max(height / h, width / w)
+    return max(height, round(h * scale)), max(width, round(w * scale))
+
+
+def resize_center_crop(image: Tensor, resolution: int, width: int | None = None) -> Tensor:
+    """(H, W, C) -> (resolution, width or resolution, C): scale so the image covers the target
+    (the short side, for a square), then crop the centre."""
     from skimage.transform import resize
 
+    height, width = resolution, width or resolution
     h, w = image.shape[:2]
-    scale = resolution / min(h, w)
-    nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
-    arr = resize(image.numpy(), (nh, nw), anti_aliasing=scale < 1, preserve_range=True)
-    top, left = (nh - resolution) // 2, (nw - resolution) // 2
-    return torch.from_numpy(arr[top : top + resolution, left : left + resolution].astype(np.float32))
+    if (h, w) == (height, width):
+        return image
+    nh, nw = cover_shape(h, w, height, width)
+    arr = resize(image.numpy(), (nh, nw), anti_aliasing=nh < h or nw < w, preserve_range=True)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return torch.from_numpy(arr[top : top + height, left : left + width].astype(np.float32))
 
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..errors import MetaINRError
 from ..limits import check_pixels, check_signals
-from .files import folder_files
+from .files import folder_files, one_line_reason
 
 SAMPLE_RATE = 16000
 SOUND_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -243,8 +243,7 @@ def read_sound(path: str | Path, sample_rate: int = SAMPLE_RATE, length: int = 0
     except MetaINRError:
         raise
     except (RuntimeError, ValueError, OSError, EOFError, TypeError) as exc:  # LibsndfileError is a RuntimeError
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise MetaINRError(f"cannot read sound {file}: {reason[:300]}") from None
+        raise MetaINRError(f"cannot read sound {file}: {one_line_reason(exc)}") from None
     wave = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)
     if length:
         wave = np.pad(wave[:length], (0, max(0, length - len(wave))))

@@ -88,3 +88,14 @@ def uniform_init(bound: float) -> Callable[[Tensor, torch.Generator | None], Non
         weight.uniform_(-bound, bound, generator=generator)
 
     return init
+
+
+def rwf_settings(config) -> RWF | None:
+    """The RWF of a field config (its ``rwf``, ``rwf_mu``, ``rwf_sigma``), None when it has none."""
+    return RWF(config.rwf_mu, config.rwf_sigma) if config.rwf else None
+
+
+def init_generators(seed: int) -> tuple[torch.Generator, torch.Generator]:
+    """Weight and RWF-scale random streams of a field seeded ``seed`` (kept apart, so a factorized
+    field computes exactly the plain field's function at init)."""
+    return torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1_000_003)

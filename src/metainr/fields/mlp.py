@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from ..limits import check_params
 from .config import FieldConfig
-from .linear import RWF, Linear, uniform_init
+from .encodings import octave_frequencies, positional_encoding
+from .linear import Linear, init_generators, rwf_settings, uniform_init
 from .nerv import NeRV, nerv_size
 
 
@@ -56,23 +57,14 @@ def _resolve(config: FieldConfig | None, kind: str, overrides: dict) -> FieldCon
     return config
 
 
-def _rwf(config: FieldConfig) -> RWF | None:
-    return RWF(config.rwf_mu, config.rwf_sigma) if config.rwf else None
-
-
-def _generators(config: FieldConfig) -> tuple[torch.Generator, torch.Generator]:
-    """Weight and RWF-scale random streams of a field."""
-    return torch.Generator().manual_seed(config.seed), torch.Generator().manual_seed(config.seed + 1_000_003)
-
-
 class Siren(Field):
     """SIREN (Sitzmann et al. 2020): sine layers with the paper's initialisation."""
 
     def __init__(self, config: FieldConfig | None = None, **overrides) -> None:
         super().__init__()
         self.config = config = _resolve(config, "siren", overrides)
-        g, gs = _generators(config)
-        rwf, width = _rwf(config), config.width
+        g, gs = init_generators(config.seed)
+        rwf, width = rwf_settings(config), config.width
         dims = [config.in_dim] + [width] * (config.depth - 1)
         layers = []
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
@@ -91,7 +83,7 @@ class _ReluMLP(Field):
     """ReLU MLP on a fixed encoding of the coordinates."""
 
     def _build(self, config: FieldConfig, enc_dim: int, g: torch.Generator) -> None:
-        rwf, gs = _rwf(config), _generators(config)[1]
+        rwf, gs = rwf_settings(config), init_generators(config.seed)[1]
         dims = [enc_dim] + [config.width] * (config.depth - 1)
         self.hidden = nn.ModuleList(
             Linear(d_in, d_out, None, rwf, g, gs, config.sparse) for d_in, d_out in zip(dims[:-1], dims[1:])
@@ -108,7 +100,7 @@ class FourierMLP(_ReluMLP):
     def __init__(self, config: FieldConfig | None = None, **overrides) -> None:
         super().__init__()
         self.config = config = _resolve(config, "fourier", overrides)
-        g = _generators(config)[0]
+        g = init_generators(config.seed)[0]
         self.register_buffer("B", torch.randn(config.n_features, config.in_dim, generator=g) * config.sigma)
         self._build(config, 2 * config.n_features, g)
 
@@ -123,13 +115,12 @@ class PositionalMLP(_ReluMLP):
     def __init__(self, config: FieldConfig | None = None, **overrides) -> None:
         super().__init__()
         self.config = config = _resolve(config, "pe", overrides)
-        g = _generators(config)[0]
-        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(config.n_freqs, dtype=torch.float32))
+        g = init_generators(config.seed)[0]
+        self.register_buffer("freqs", octave_frequencies(config.n_freqs))
         self._build(config, config.in_dim * (1 + 2 * config.n_freqs), g)
 
     def encode(self, coords: Tensor) -> Tensor:
-        proj = (coords[..., None] * self.freqs).flatten(-2)
-        return torch.cat([coords, torch.sin(proj), torch.cos(proj)], dim=-1)
+        return positional_encoding(coords, self.freqs)
 
 
 FIELDS: dict[str, type[nn.Module]] = {"siren": Siren, "fourier": FourierMLP, "pe": PositionalMLP, "nerv": NeRV}

@@ -13,14 +13,13 @@ GradNCP scores a frame by the norm of its gradient with respect to the head, in 
 """
 from __future__ import annotations
 
-import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import FieldConfig
-from .linear import RWF, Linear
+from .encodings import octave_frequencies, positional_encoding
+from .linear import Linear, init_generators, rwf_settings
 
 MIN_CHANNELS = 8
 
@@ -68,14 +67,13 @@ class NeRV(nn.Module):
         self.config = config
         gh, gw, c, stages = nerv_layout(config)
         self.grid, self.channels = (gh, gw), c
-        g = torch.Generator().manual_seed(config.seed)
-        gs = torch.Generator().manual_seed(config.seed + 1_000_003)
-        rwf = RWF(config.rwf_mu, config.rwf_sigma) if config.rwf else None
+        g, gs = init_generators(config.seed)
+        rwf = rwf_settings(config)
 
         def linear(d_in: int, d_out: int) -> Linear:
             return Linear(d_in, d_out, None, rwf, g, gs, config.sparse)
 
-        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(config.n_freqs, dtype=torch.float32))
+        self.register_buffer("freqs", octave_frequencies(config.n_freqs))
         enc = config.in_dim * (1 + 2 * config.n_freqs)
         self.stem = nn.ModuleList([linear(enc, config.width), linear(config.width, stages[0] * gh * gw)])
         self.blocks = nn.ModuleList(linear(9 * a, 4 * b) for a, b in zip(stages[:-1], stages[1:]))
@@ -83,8 +81,7 @@ class NeRV(nn.Module):
 
     def encode(self, t: Tensor) -> Tensor:
         """t (M, in_dim) -> [t, sin(2^i pi t), cos(2^i pi t)] (M, in_dim (1 + 2 n_freqs))."""
-        proj = (t[..., None] * self.freqs).flatten(-2)
-        return torch.cat([t, torch.sin(proj), torch.cos(proj)], dim=-1)
+        return positional_encoding(t, self.freqs)
 
     def features(self, t: Tensor) -> Tensor:
         """t (M, in_dim) -> the head's input at every pixel (M, H * W, c)."""

@@ -45,6 +45,11 @@ def load_compact(path: str | Path) -> tuple[Field, Params]:
     tensors, meta = load_tensors(path)
     if not meta.get("compact"):
         raise MetaINRError(f"{path} is not a compact field file")
+    return compact_field(tensors, meta)
+
+
+def compact_field(tensors: dict[str, Tensor], meta: dict) -> tuple[Field, Params]:
+    """(a sparse field with its masks set, its params) from a compact file's tensors and metadata."""
     field = build_field(FieldConfig.from_dict(meta["field"]))
     params = {}
     with torch.no_grad():

@@ -16,11 +16,11 @@ from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from .compact import export_compact, load_compact
+from .compact import compact_field, export_compact
 from .errors import MetaINRError
 from .fields import FieldConfig, build_field
+from .functional import field_function, predict
 from .store import load_tensors, save_tensors
 from .tasks import Batch, Task, build_task
 
@@ -39,15 +39,15 @@ class FittedField:
 
     def __call__(self, coords: Tensor) -> Tensor:
         """coords (N, in_dim) -> values (N, out_dim)."""
-        return functional_call(self.field, self.params, (coords,))
+        return predict(self.field, self.params, coords)
 
     def reconstruct(self, batch: Batch) -> Tensor:
         """The signal in its task's layout, on the query rows of ``batch`` (a batch of one signal)."""
         if self.task is None:
             raise MetaINRError("this field names no task: call it on coordinates instead")
-        fn = lambda p, x: functional_call(self.field, p, (x,))  # noqa: E731
         with torch.no_grad():
-            return self.task.reconstruct(fn, {n: p[None] for n, p in self.params.items()}, batch)[0]
+            return self.task.reconstruct(field_function(self.field), {n: p[None] for n, p in self.params.items()},
+                                         batch)[0]
 
     def to(self, device: torch.device | str) -> "FittedField":
         """The same field on ``device``."""
@@ -76,7 +76,10 @@ def load_field(path: str | Path, device: torch.device | str = "cpu") -> FittedFi
     if meta.get("learner"):
         raise MetaINRError(f"{path} is a checkpoint (a learner), not a fitted field: load it with load_learner")
     if meta.get("compact"):
-        field, params = load_compact(path)
+        try:
+            field, params = compact_field(tensors, meta)
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise MetaINRError(f"{path}: a damaged compact field ({type(exc).__name__}: {exc})") from None
     else:
         if not isinstance(meta.get("field"), dict):
             raise MetaINRError(f"{path} is not a fitted field (no field config)")

@@ -116,19 +116,37 @@ def save_tensors(path: str | Path, tensors: Mapping[str, Tensor], meta: Mapping[
 def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a file written by :func:`save_tensors` -> (tensors, meta)."""
     path = Path(path)
+    raw = _raw_meta(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise MetaINRError(f"cannot read checkpoint {path}: {exc}") from None
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise MetaINRError(f"{path} holds NaN or infinite values (in {bad}): a damaged file")
+    return tensors, _parse_meta(path, raw)
+
+
+def load_meta(path: str | Path) -> dict[str, Any]:
+    """The ``meta`` dict of a file written by :func:`save_tensors`, from its header alone (no tensor is read)."""
+    path = Path(path)
+    return _parse_meta(path, _raw_meta(path))
+
+
+def _raw_meta(path: Path) -> str:
     if not path.is_file():
         raise MetaINRError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(META_KEY)
-        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise MetaINRError(f"cannot read checkpoint {path}: {exc}") from None
     if raw is None:
         raise MetaINRError(f"{path} is not a metainr checkpoint (no '{META_KEY}' metadata)")
-    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
-    if bad is not None:
-        raise MetaINRError(f"{path} holds NaN or infinite values (in {bad}): a damaged file")
+    return raw
+
+
+def _parse_meta(path: Path, raw: str) -> dict[str, Any]:
     try:
         meta = json.loads(raw)
     except ValueError as exc:
@@ -137,7 +155,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise MetaINRError(f"{path} has unreadable metadata (not a JSON object)")
     if meta.get("version") != FORMAT_VERSION:
         raise CheckpointMismatch(f"{path} has format version {meta.get('version')}, expected {FORMAT_VERSION}")
-    return tensors, meta
+    return meta
 
 
 def load_strict(target: Mapping[str, Tensor], source: Mapping[str, Tensor], what: str) -> None:

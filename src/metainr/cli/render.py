@@ -17,7 +17,7 @@ import torch
 
 from ..errors import MetaINRError
 from ..functional import field_function
-from ..store import atomic_write_bytes, check_outputs, load_tensors
+from ..store import atomic_write_bytes, check_outputs, load_meta
 from ..tasks import Renderable, build_task, require
 from .common import Selection, add_device, user_errors
 from .options import positive_int
@@ -43,8 +43,7 @@ def _field_and_params(path: str, device: torch.device) -> tuple[torch.nn.Module,
     from ..field_files import load_field
     from ..train import load_learner
 
-    _, meta = load_tensors(path)
-    if meta.get("learner"):
+    if load_meta(path).get("learner"):
         learner, meta = load_learner(path, device=device)
         return learner.field, {n: p.detach() for n, p in learner.init_params().items()}, meta
     fitted = load_field(path, device)

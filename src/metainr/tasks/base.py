@@ -23,6 +23,7 @@ from torch import Tensor
 from ..config import Config
 from ..fields.config import FieldConfig
 from ..functional import FieldFn, coordinate_chunks
+from .capabilities import field_dims
 from ..metrics import psnr
 
 Context = Union[None, Tensor, Sequence[Tensor]]
@@ -120,8 +121,6 @@ class Preset:
 
     def field_config(self, task: "Task", **overrides: Any) -> FieldConfig:
         """The preset's field for ``task`` (the dims it fixes: :func:`field_dims`), with ``overrides``."""
-        from .capabilities import field_dims
-
         return dataclasses.replace(self.field, **{**field_dims(task), **overrides})
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import torch
 from torch import Tensor
 
 from ..config import Config
@@ -79,11 +78,6 @@ class VideoConfig(Config):
             t, side = self.frames or 1, self.resolution or 1
             check_pixels(t * side * side * (self.channels or 1), f"a clip of {self.frames or 'any'} frames of "
                          f"{self.resolution or 'any'}x{self.resolution or 'any'}")
-
-
-def _smallest_divisor(n: int, most: int) -> int:
-    """The smallest divisor p of ``n`` with ``n / p <= most``."""
-    return next(p for p in range(1, n + 1) if n % p == 0 and n // p <= most)
 
 
 @register_task
@@ -221,20 +215,20 @@ class VideoTask(Task):
         (any count: the field is continuous in t)."""
         if n_views < 1:
             raise ValueError(f"render needs at least one frame, got {n_views}")
-        t, h, w = self._size()
+        _, h, w = self._size()
         c = self.config.channels or 3
-        dtype = next(iter(params.values())).dtype
-        device = next(iter(params.values())).device
-        query = self.query(n_views, h, w, device=device, dtype=dtype)
-        batch = Batch(query, torch.zeros(1, query.shape[0], self.out_dim, device=device, dtype=dtype),
-                      reference=torch.zeros(1, n_views, h, w, c, device=device, dtype=dtype))
+        like = next(iter(params.values()))
+        query = self.query(n_views, h, w, device=like.device, dtype=like.dtype)
+        shape_only = like.new_zeros(())  # the batch's values and reference only give shapes: nothing allocated
+        batch = Batch(query, shape_only.expand(1, query.shape[0], self.out_dim),
+                      reference=shape_only.expand(1, n_views, h, w, c))
         frames = self.reconstruct(field_fn, {n: p[None] for n, p in params.items()}, batch)[0]
         return frames.expand(-1, -1, -1, 3) if c == 1 else frames
 
     def patch_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(frames, rows, cols) of the patches a hypernetwork reads for clips of this size."""
         c = self.config
-        pt = c.patch_frames or _smallest_divisor(frames, 4)
+        pt = c.patch_frames or auto_patch_size(frames, 4)
         ph = c.patch_size or auto_patch_size(height)
         pw = c.patch_size or auto_patch_size(width)
         if frames % pt or height % ph or width % pw:

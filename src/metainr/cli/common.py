@@ -131,13 +131,18 @@ def chosen_task(args: argparse.Namespace, sel: Selection) -> Task:
         return build_task(meta["task"], **given)
 
 
+def refuse_field_options_with_checkpoint(args: argparse.Namespace, sel: Selection) -> None:
+    """A checkpoint carries its own architecture: field options given with one are a one-line error."""
+    if sel.loaded is not None and given_options(args, FieldConfig, "field"):
+        raise MetaINRError("field options only apply to --init random; a checkpoint carries its own architecture")
+
+
 def start_of(args: argparse.Namespace, sel: Selection, task: Task) -> Start:
     """The field, init, default rule and steps that ``--init`` names (a checkpoint was read once)."""
+    refuse_field_options_with_checkpoint(args, sel)
     if sel.loaded is None:
         with user_errors():
             return random_start(task, build_field(field_config(args, task)).to(sel.device))
-    if given_options(args, FieldConfig, "field"):
-        raise MetaINRError("field options only apply to --init random; a checkpoint carries its own architecture")
     with user_errors(f"{args.init}: "):
         return learner_start(*sel.loaded, task)
 

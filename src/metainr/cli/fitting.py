@@ -18,9 +18,9 @@ from ..start import prepare_fit
 from ..store import check_outputs
 from ..tasks import TASKS
 from .common import (Selection, add_device, add_field_args, add_rule_args, add_task_args, check_rule_options,
-                     chosen_task, default_data, first_batch, given_task_options, preset, settle, start_of, test_rule,
-                     user_errors)
-from .options import config_from_args, given_options, step_list
+                     chosen_task, default_data, first_batch, given_task_options, preset,
+                     refuse_field_options_with_checkpoint, settle, start_of, test_rule, user_errors)
+from .options import config_from_args, step_list
 
 INIT_HELP = "a checkpoint (.safetensors; its task comes with it) or 'random' (a field of --task's preset)"
 
@@ -67,8 +67,7 @@ def run_fit(args: argparse.Namespace, sel: Selection) -> int:
     if args.steps is not None and args.steps < 0:
         raise MetaINRError(f"--steps must be >= 0, got {args.steps}")
     check_rule_options(args)
-    if sel.loaded is not None and given_options(args, FieldConfig, "field"):
-        raise MetaINRError("field options only apply to --init random; a checkpoint carries its own architecture")
+    refuse_field_options_with_checkpoint(args, sel)
     field_cfg = None
     if sel.loaded is None:
         with user_errors():

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from metainr.train import Callback
+
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (ru_maxrss), in MB."""
@@ -87,3 +89,13 @@ def run_script_capped(script: str, args: list[str], cap_bytes: int, timeout: flo
     if proc.returncode != 0:
         return {"error": (err.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
     return json.loads(out.strip().splitlines()[-1])
+
+
+
+class StepCounter(Callback):
+    """A trainer callback: ``done`` is the last outer step taken (0 before any)."""
+
+    done = 0
+
+    def on_step(self, state) -> None:
+        self.done = state.step

@@ -25,13 +25,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import learner_record, machine, write_json  # noqa: E402
+from _common import StepCounter, learner_record, machine, write_json  # noqa: E402
 
 from metainr import (FieldConfig, PruneConfig, TrainConfig, build_field, build_learner, build_task,  # noqa: E402
                      count_parameters, fit, iterative_pruning, meta_train, narrow_width)
 from metainr.fields import nonzero_parameters  # noqa: E402
 from metainr.functional import field_function, field_params  # noqa: E402
-from metainr.train.loop import Callback  # noqa: E402
 
 STEPS = [0, 2, 5, 10, 100]
 RANDOM_LRS = (3e-4, 1e-3, 3e-3)
@@ -83,25 +82,14 @@ def train_meta(task, train, cfg: dict, sparse: bool = False):
     preset = type(task).preset
     field_cfg = dataclasses.replace(field_config(task), sparse=sparse)
     learner = build_learner(build_field(field_cfg), preset.learner, **preset.learner_options)
-    steps_done = {}
+    steps = StepCounter()
     t0 = time.process_time()
     meta_train(learner, task, train, TrainConfig(steps=cfg["max_outer_steps"], batch_size=cfg["batch_size"],
                outer_lr=preset.train["outer_lr"], log_every=10**9), progress=False,
-               max_seconds=cfg["meta_seconds"], clock=time.process_time,
-               callbacks=[_StepCounter(steps_done)])
-    return learner, {"cpu_seconds": round(time.process_time() - t0, 1), "outer_steps": steps_done.get("step", 0),
+               max_seconds=cfg["meta_seconds"], clock=time.process_time, callbacks=[steps])
+    return learner, {"cpu_seconds": round(time.process_time() - t0, 1), "outer_steps": steps.done,
                      "learner": learner_record(preset.learner, learner), "field": field_cfg.to_dict(),
                      "params": count_parameters(learner.field)}
-
-
-class _StepCounter(Callback):
-    """A trainer callback recording the last outer step."""
-
-    def __init__(self, out: dict) -> None:
-        self.out = out
-
-    def on_step(self, state) -> None:
-        self.out["step"] = state.step
 
 
 def train_transinr(task, train, cfg: dict):
@@ -114,12 +102,12 @@ def train_transinr(task, train, cfg: dict):
     tokens, token_dim = task.tokens(task.batch(train[:1])).shape[1:]
     learner = build_learner(build_field(field_cfg), "transinr", tokens=int(tokens), token_dim=int(token_dim),
                             test_optimizer="adam", test_lr=1e-3, **cfg["hyper"])
-    steps_done = {}
+    steps = StepCounter()
     t0 = time.process_time()
     meta_train(learner, task, train, TrainConfig(steps=cfg["max_outer_steps"], batch_size=cfg["transinr_batch"],
                outer_lr=cfg["transinr_lr"], log_every=10**9), progress=False, max_seconds=cfg["transinr_seconds"],
-               clock=time.process_time, callbacks=[_StepCounter(steps_done)])
-    return learner, {"cpu_seconds": round(time.process_time() - t0, 1), "outer_steps": steps_done.get("step", 0),
+               clock=time.process_time, callbacks=[steps])
+    return learner, {"cpu_seconds": round(time.process_time() - t0, 1), "outer_steps": steps.done,
                      "tokens": int(tokens), "token_dim": int(token_dim), "field": field_cfg.to_dict(),
                      "params": sum(p.numel() for p in learner.parameters())}
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import learner_record, machine, run_script_capped, write_json  # noqa: E402
+from _common import StepCounter, learner_record, machine, run_script_capped, write_json  # noqa: E402
 
 from metainr import TrainConfig, build_field, build_learner, fit, mean_psnr, meta_train  # noqa: E402
 from metainr.fields import FieldConfig, count_parameters  # noqa: E402
@@ -124,18 +124,10 @@ def quality_job(job: tuple) -> dict:
         learner = build_learner(build_field(field_cfg), kind, inner_lr=cfg["inner_lr"][field_kind], **options)
         seconds = cfg["meta_seconds"]
         outer_lr = cfg["outer_lr"]["nerv" if field_kind == "nerv" else learner_name]
-    steps_done = [0]
-
-    class Count:
-        def on_step(self, state):
-            steps_done[0] = state.step
-
-        def __getattr__(self, item):
-            return lambda *a, **k: None
-
+    steps = StepCounter()
     t0 = time.process_time()
     meta_train(learner, task, train, TrainConfig(steps=10**6, batch_size=cfg["batch_size"], outer_lr=outer_lr,
-               log_every=10**9), progress=False, max_seconds=seconds, clock=time.process_time, callbacks=[Count()])
+               log_every=10**9), progress=False, max_seconds=seconds, clock=time.process_time, callbacks=[steps])
     train_s = time.process_time() - t0
     with torch.no_grad():
         init = learner.signal_init(task, batch)
@@ -144,11 +136,11 @@ def quality_job(job: tuple) -> dict:
     init_kind = "transinr" if learner_name == "transinr" else "meta"
     rows = [{"task": name, "size": cfg["tasks"][name]["size"], "field": field_kind, "learner": learner_name,
              "init": init_kind, "steps": s, **{m: curve[m][i] for m in curve}} for i, s in enumerate(STEPS)]
-    print(f"[{name}/{field_kind}/{learner_name}] {steps_done[0]} outer steps in {train_s:.0f} CPU-s: "
+    print(f"[{name}/{field_kind}/{learner_name}] {steps.done} outer steps in {train_s:.0f} CPU-s: "
           f"psnr {curve['psnr']}", flush=True)
     return {"rows": rows, "pictures": {f"{name}/{field_kind}/{learner_name}": pictures["two_steps"]},
             "runs": {f"{name}/{field_kind}/{learner_name}": {
-                "outer_steps": steps_done[0], "cpu_seconds": round(train_s, 1), "outer_lr": outer_lr,
+                "outer_steps": steps.done, "cpu_seconds": round(train_s, 1), "outer_lr": outer_lr,
                 "params": count_parameters(learner.field), "learner": learner_record(learner_name, learner)
                 if learner_name != "transinr" else learner.config.to_dict(), "field": field_cfg.to_dict()}}}
 

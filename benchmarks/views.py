@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import learner_record, machine, write_json  # noqa: E402
+from _common import StepCounter, learner_record, machine, write_json  # noqa: E402
 
 from metainr import FieldConfig, TrainConfig, build_field, build_learner, count_parameters, fit  # noqa: E402
 from metainr.data.box_objects import box_objects  # noqa: E402
@@ -52,7 +52,6 @@ from metainr.metrics import psnr, ssim  # noqa: E402
 from metainr.plot import plot_image_grid  # noqa: E402
 from metainr.tasks import Batch, ViewsTask  # noqa: E402
 from metainr.train import meta_train, read_metrics  # noqa: E402
-from metainr.train.loop import Callback  # noqa: E402
 
 CLASSES = {"chairs": ("chairs", False), "chairs-rotated": ("chairs", True), "meshes": ("meshes", False),
            "photos": ("photos", False)}
@@ -115,13 +114,6 @@ def batch_25(cfg: dict, objects) -> Batch:
     return Batch(take(full.query), take(full.values), reference=full.reference)
 
 
-class _Steps(Callback):
-    done = 0
-
-    def on_step(self, state) -> None:
-        self.done = state.step
-
-
 def train(cfg: dict, name: str, learner_name: str, run_dir: Path):
     """Meta-train on ``n_train`` objects of a class for ``seconds[name]`` of wall-clock time, keeping
     the best init on validation (fits from view 0 scored on NOVEL other views)."""
@@ -141,7 +133,7 @@ def train(cfg: dict, name: str, learner_name: str, run_dir: Path):
         train_cfg = TrainConfig(steps=10**6, batch_size=cfg["batch_size"], outer_lr=cfg["outer_lr"],
                                 eval_every=cfg["eval_every"], eval_steps=cfg["eval_steps"], checkpoint_every=10**6,
                                 log_every=50)
-    steps, seconds = _Steps(), cfg["seconds"][name if learner_name != "transinr" else "transinr"]
+    steps, seconds = StepCounter(), cfg["seconds"][name if learner_name != "transinr" else "transinr"]
     t0, cpu0 = time.perf_counter(), time.process_time()
     # a CPU-time budget: the same work whatever else runs on the machine (with one thread, the
     # wall time of a quiet machine)

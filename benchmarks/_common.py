@@ -56,7 +56,7 @@ def learner_record(name: str, learner) -> dict:
 
 def write_json(path: str | Path, obj: dict) -> None:
     """Write the benchmark result atomically."""
-    from metainr.store import atomic_write_json
+    from metainr.disk import atomic_write_json
 
     atomic_write_json(path, obj)
 

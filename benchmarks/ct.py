@@ -39,7 +39,7 @@ from metainr import FieldConfig, TrainConfig, build_field, build_learner, count_
 from metainr.data.ct import ellipse_phantoms, view_angles  # noqa: E402
 from metainr.functional import field_function, field_params  # noqa: E402
 from metainr.plot import plot_image_grid  # noqa: E402
-from metainr.store import load_tensors  # noqa: E402
+from metainr.disk import load_tensors  # noqa: E402
 from metainr.tasks import CTTask  # noqa: E402
 from metainr.tasks.ct_baselines import FBP_FILTERS, circle_psnr, circle_ssim, fbp, sart  # noqa: E402
 from metainr.tasks.ct_geometry import radon  # noqa: E402

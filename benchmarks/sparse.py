@@ -29,7 +29,7 @@ from metainr import (FieldConfig, ImageTask, PruneConfig, TrainConfig, build_fie
 from metainr.compact import export_compact  # noqa: E402
 from metainr.fields import nonzero_parameters  # noqa: E402
 from metainr.functional import field_params  # noqa: E402
-from metainr.store import save_tensors  # noqa: E402
+from metainr.disk import save_tensors  # noqa: E402
 
 TASK = ImageTask(channels=1)  # grey faces
 

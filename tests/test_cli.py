@@ -50,7 +50,7 @@ def test_meta_train_resume_continues_to_more_steps(ckpt, cli, tmp_path):
     code, _, _ = cli("meta-train", "--data", "faces", "--run", run_dir, "--width", "16", "--depth", "3",
                      "--steps", "6", "--batch-size", "4", "--inner-steps", "2", "--eval-every", "2", "--resume")
     assert code == 0
-    from metainr.store import load_tensors
+    from metainr.disk import load_tensors
 
     assert load_tensors(run_dir / "checkpoint.safetensors")[1]["step"] == 6
 

@@ -11,7 +11,7 @@ from metainr.data.images import faces
 from metainr.errors import MetaINRError
 from metainr.fields import FieldConfig
 from metainr.metrics import psnr
-from metainr.store import load_tensors, save_tensors
+from metainr.disk import load_tensors, save_tensors
 from metainr.tasks import ImageTask
 
 

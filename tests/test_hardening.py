@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from metainr.errors import NonFiniteTensors
-from metainr.store import atomic_write_bytes, load_tensors, save_tensors
+from metainr.disk import atomic_write_bytes, load_tensors, save_tensors
 from metainr.train.rundir import RunDirectory
 
 TINY = ["--data", "faces", "--resolution", "8", "--width", "8", "--depth", "3", "--batch-size", "2",

@@ -5,7 +5,7 @@ import torch
 
 from metainr import (MAML, CheckpointMismatch, ImageDataset, ImageTask, MetaINRError, Siren, TrainConfig,
                      TrainingDiverged, faces, load_learner, meta_train, save_checkpoint, task_from_meta)
-from metainr.store import load_tensors
+from metainr.disk import load_tensors
 
 TASK = ImageTask(channels=1)
 
@@ -87,7 +87,7 @@ def test_exploding_inner_loop_is_reported_as_divergence(tmp_path, small_faces):
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, small_faces):
-    import metainr.store as store
+    import metainr.disk as disk
 
     path = tmp_path / "c.safetensors"
     save_checkpoint(path, _learner(), None, step=1)
@@ -96,7 +96,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, small_faces):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store.os, "replace", boom)
+    monkeypatch.setattr(disk.os, "replace", boom)
     with pytest.raises(OSError):
         save_checkpoint(path, _learner(16), None, step=2)
     assert path.read_bytes() == before

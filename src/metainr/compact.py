@@ -12,7 +12,7 @@ from .errors import MetaINRError
 from .fields import Field, FieldConfig, build_field
 from .functional import Params
 from .fields.sparsity import named_masked_layers
-from .store import load_tensors, save_tensors
+from .disk import load_tensors, save_tensors
 
 
 def _effective(params: Params, name: str, factorized: bool, mask: Tensor) -> Tensor:

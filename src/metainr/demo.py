@@ -14,7 +14,7 @@ from .functional import field_function, field_params
 from .meta import build_learner
 from .metrics import mean_psnr, ssim
 from .plot import plot_image_grid, plot_psnr_curves, plot_training
-from .store import atomic_write_json
+from .disk import atomic_write_json
 from .tasks import ImageTask
 from .train import TrainConfig, meta_train, read_metrics
 

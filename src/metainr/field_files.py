@@ -2,7 +2,7 @@
 fitted for) written and read back strictly, so Python users and the CLI (``fit --save-field``,
 ``render``) share one format.
 
-A file is safetensors + JSON (:mod:`metainr.store`): the params under their own names and
+A file is safetensors + JSON (:mod:`metainr.disk`): the params under their own names and
 ``{"field": FieldConfig, "task": task spec or null, ...info}``; a sparse field can be written
 compactly instead (:mod:`metainr.compact`: alive weights + packed masks). Loading rebuilds the
 field from its config and refuses any tensor that does not match it. A checkpoint holds a
@@ -21,7 +21,7 @@ from .compact import compact_field, export_compact
 from .errors import MetaINRError
 from .fields import FieldConfig, build_field
 from .functional import field_function, predict
-from .store import load_tensors, save_tensors
+from .disk import load_tensors, save_tensors
 from .tasks import Batch, Task, build_task
 
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from .store import atomic_write_bytes  # noqa: E402
+from .disk import atomic_write_bytes  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:

@@ -15,7 +15,7 @@ from ..functional import field_function
 from ..metrics import mean_psnr
 from ..fields import FieldConfig
 from ..start import prepare_fit
-from ..store import check_outputs
+from ..disk import check_outputs
 from ..tasks import TASKS
 from .common import (Selection, add_device, add_field_args, add_rule_args, add_task_args, check_rule_options,
                      chosen_task, default_data, first_batch, given_task_options, preset,

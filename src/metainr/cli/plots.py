@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MetaINRError
-from ..store import check_outputs
+from ..disk import check_outputs
 from ..tasks import build_task
 from .common import Selection, add_device, add_task_args, given_task_options, run_checkpoint, user_errors
 

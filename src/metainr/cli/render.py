@@ -17,7 +17,7 @@ import torch
 
 from ..errors import MetaINRError
 from ..functional import field_function
-from ..store import atomic_write_bytes, check_outputs, load_meta
+from ..disk import atomic_write_bytes, check_outputs, load_meta
 from ..tasks import Renderable, build_task, require
 from .common import Selection, add_device, user_errors
 from .options import positive_int

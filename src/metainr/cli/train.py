@@ -8,11 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import MetaINRError
 from ..fields import FieldConfig, build_field, narrow_width
 from ..meta import POLICIES, ContextConfig, Learner, build_learner, learner_names, resolve
 from ..tasks import TASKS, Task, Tokenizable, build_task, require
 from ..train import PruneConfig, TrainConfig, iterative_pruning, meta_train
+from ..train.board import TensorBoardLog
+from ..train.distributed import World, close_world, init_world
+from ..train.rundir import BOARD_DIR
 from .common import (Selection, add_device, add_field_args, add_task_args, default_data, field_config, fielded,
                      first_batch, given_task_options, preset, settle, user_errors)
 from .options import add_config_args, given_options, positive_float, positive_int
@@ -44,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction, sel: Selection) -> None:
     p = sub.add_parser("meta-train", help="meta-learn an initialisation for a class of signals (any --task)",
                        description=f"Meta-train on task '{sel.task}' with learner '{sel.learner}'; the options "
                        "below depend on --task and --learner (see 'metainr meta-train --task T --learner L --help').")
-    taken = {"task", "learner", "data", "val-data", "run", "resume", "overwrite", "max-minutes", "target-params"}
+    taken = {"task", "learner", "data", "val-data", "run", "run-dir", "resume", "overwrite", "tensorboard", "max-minutes", "target-params"}
     p.add_argument("--task", choices=sorted(TASKS), default=sel.task, help="signal type (default: image)")
     p.add_argument("--learner", choices=learner_names(), default=sel.learner,
                    help=f"learner or preset (default: the task's, else maml; now: {sel.learner})")
@@ -52,10 +57,14 @@ def add_parser(sub: argparse._SubParsersAction, sel: Selection) -> None:
                    f"{default_data(sel.task)})")
     p.add_argument("--val-data", default=None, help="validation signals (default: the dataset's validation split "
                    "where it has one, else the last 10%% of the training signals, held back from training)")
-    p.add_argument("--run", required=True, help="run directory for checkpoints and logs")
+    p.add_argument("--run", "--run-dir", dest="run", required=True,
+                   help="run directory for checkpoints and logs (under torchrun write --run-dir: torchrun's own "
+                   "parser takes --run for its --run-path)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start again in a --run that holds a previous run "
                    "(deletes that run's checkpoints and logs; nothing else)")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars and validation "
+                   "reconstructions to RUN/tensorboard (needs metainr[tensorboard])")
     p.add_argument("--max-minutes", type=positive_float, default=None,
                    help="stop (with a checkpoint) after this long")
     p.add_argument("--target-params", type=positive_int, default=None,
@@ -123,6 +132,14 @@ def _learner(args: argparse.Namespace, sel: Selection, task: Task, data: Any, fi
 
 
 def run(args: argparse.Namespace, sel: Selection) -> int:
+    world, device = init_world(sel.device or torch.device("cpu"))  # under torchrun: join its process group
+    try:
+        return _run(args, dataclasses.replace(sel, device=device), world)
+    finally:
+        close_world()
+
+
+def _run(args: argparse.Namespace, sel: Selection, world: World) -> int:
     with user_errors():
         task = build_task(sel.task, **given_task_options(args, sel.task))
     task = fielded(args, task)
@@ -147,6 +164,27 @@ def run(args: argparse.Namespace, sel: Selection) -> int:
     if args.resume and args.overwrite:
         raise MetaINRError("--resume continues a run and --overwrite starts it again: give one of them")
     stop = GracefulStop()
+    board = TensorBoardLog(Path(args.run) / BOARD_DIR, val) if args.tensorboard and world.main else None
+    callbacks = [stop, *([board] if board else [])]
+    try:
+        final = _train(args, task, learner, data, val, info, train_cfg, prune_cfg, callbacks, sel, world)
+    finally:
+        if board is not None:
+            board.close()
+    if not world.main:
+        return 130 if stop.signal else 0
+    if stop.signal:
+        print(f"metainr: stopped by {stop.signal}; checkpoint written: {final} (continue with --resume)",
+              file=sys.stderr)
+        return 130
+    print(f"meta-training done: {final}", file=sys.stderr)
+    return 0
+
+
+def _train(args: argparse.Namespace, task: Task, learner: Learner, data: Any, val: Any, info: dict,
+           train_cfg: TrainConfig, prune_cfg: PruneConfig, callbacks: list, sel: Selection, world: World) -> Path:
+    """Run the training the options ask for; returns the final checkpoint's path."""
+    stop = callbacks[0]
     if prune_cfg.rounds:
         if args.resume:
             raise MetaINRError("--resume is not supported with --prune-rounds; each round's checkpoint is kept instead")
@@ -154,21 +192,16 @@ def run(args: argparse.Namespace, sel: Selection) -> int:
             raise MetaINRError("--max-minutes is not supported with --prune-rounds; use --steps and --prune-steps")
         with stop:
             records = iterative_pruning(learner, task, data, train_cfg, prune_cfg, run_dir=args.run, val=val,
-                                        info=info, device=sel.device, overwrite=args.overwrite, callbacks=[stop])
-        for rec in records:
+                                        info=info, device=sel.device, overwrite=args.overwrite, callbacks=callbacks)
+        for rec in records if world.main else []:
             print(f"round {rec['round']}: density {rec['density']:.3f}, {rec['params']} parameters", file=sys.stderr)
         final = (Path(args.run) / f"round_{records[-1]['round']:02d}_density_{records[-1]['density']:.3f}.safetensors"
                  if records else Path(args.run) / "checkpoint.safetensors")
     else:
         with stop:
             meta_train(learner, task, data, train_cfg, run_dir=args.run, resume=args.resume, overwrite=args.overwrite,
-                       val=val, info=info, device=sel.device, callbacks=[stop],
+                       val=val, info=info, device=sel.device, callbacks=callbacks,
                        max_seconds=args.max_minutes * 60 if args.max_minutes else None)
         final = Path(args.run) / "checkpoint.safetensors"
-    if stop.signal:
-        print(f"metainr: stopped by {stop.signal}; checkpoint written: {final} (continue with --resume)",
-              file=sys.stderr)
-        return 130
-    print(f"meta-training done: {final}", file=sys.stderr)
-    return 0
+    return final
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..errors import MetaINRError
 from ..limits import check_pixels, check_signals
-from ..store import atomic_write_bytes
+from ..disk import atomic_write_bytes
 from .files import one_line_reason
 from .images import (IMAGE_SUFFIXES, PATCH_TEST_PHOTOS, PATCH_TRAIN_PHOTOS, _check_split, _open_pil, _photo,
                      cover_shape, load_image, resize_center_crop, to_float_image)

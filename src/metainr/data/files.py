@@ -68,7 +68,7 @@ def write_grey(png: str | Path, image: np.ndarray, npy: str | Path | None = None
     float32 .npy (not clamped), each written atomically."""
     from PIL import Image
 
-    from ..store import atomic_write_bytes
+    from ..disk import atomic_write_bytes
 
     image = np.asarray(image, dtype=np.float32)
     buf = io.BytesIO()

@@ -301,7 +301,7 @@ def _mono(wave: Tensor | np.ndarray) -> np.ndarray:
 
 def write_wav(path: str | Path, wave: Tensor | np.ndarray, sample_rate: int) -> None:
     """A waveform (L,) in [-1, 1] (clamped) as a 16-bit PCM mono WAV, written atomically."""
-    from ..store import atomic_write_bytes
+    from ..disk import atomic_write_bytes
 
     soundfile, _ = _audio_modules()
     buf = io.BytesIO()
@@ -316,7 +316,7 @@ def write_sound_plot(path: str | Path, wave: Tensor | np.ndarray, sample_rate: i
     from matplotlib.figure import Figure
     from scipy.signal import stft
 
-    from ..store import atomic_write_bytes
+    from ..disk import atomic_write_bytes
 
     wave = _mono(wave)
     fig = Figure(figsize=(8, 5), dpi=100)

@@ -14,7 +14,7 @@ from ..data.images import grid_coords, image_to_values, load_dataset, load_image
 from ..functional import FieldFn
 from ..limits import check_side
 from ..metrics import psnr, ssim
-from ..store import atomic_write_bytes
+from ..disk import atomic_write_bytes
 from .base import Batch, Task, observe_batch, register_task
 
 

@@ -23,7 +23,7 @@ from ..fields.config import FieldConfig
 from ..functional import FieldFn
 from ..limits import check_side
 from ..metrics import psnr
-from ..store import atomic_write_bytes
+from ..disk import atomic_write_bytes
 from .base import Batch, Preset, observe_batch, register_task
 from .distance import inside_iou, sdf_to_values
 from .image import ImageTask

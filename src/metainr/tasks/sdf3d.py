@@ -36,7 +36,7 @@ from ..fields.config import FieldConfig
 from ..functional import FieldFn, coordinate_chunks
 from ..limits import check_pixels, check_signals
 from ..metrics import psnr
-from ..store import atomic_write_bytes
+from ..disk import atomic_write_bytes
 from .base import Batch, Preset, Task, observe_batch, register_task
 from ..data.surfaces import chamfer_distance, grid_surface, surface_points
 from .distance import inside_iou, sdf_to_values, values_to_sdf

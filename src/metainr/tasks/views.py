@@ -43,7 +43,7 @@ from ..fields.config import FieldConfig
 from ..functional import FieldFn
 from ..limits import check_pixels, check_side, check_signals
 from ..metrics import psnr, ssim
-from ..store import atomic_write_bytes
+from ..disk import atomic_write_bytes
 from .base import Batch, Preset, Task, observe_batch, register_task
 from .image import auto_patch_size
 from .views_batches import (grid_png, jitter_rows, pack_views, random_rows, scored_views, shuffle_views,

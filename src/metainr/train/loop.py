@@ -24,10 +24,11 @@ from ..errors import CheckpointMismatch, MetaINRError, NonFiniteTensors, Trainin
 from ..fit import fit
 from ..meta import Learner
 from ..metrics import mean_psnr
-from ..store import atomic_write_bytes, atomic_write_json, load_tensors
+from ..disk import atomic_write_bytes, atomic_write_json, load_tensors
 from ..tasks import Task
-from .checkpoint import restore, save_checkpoint
+from .checkpoint import checkpoint_tensors, restore, save_checkpoint
 from .config import TrainConfig
+from .distributed import World, all_reduce_mean, any_process, broadcast_floats, broadcast_tensors, current_world, shard
 from .rundir import RunDirectory
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class RunState:
     best: tuple[float, int] = (-math.inf, 0)
     best_state: dict[str, Tensor] | None = None
     records: list[dict] = field(default_factory=list)
+    world: World = World()
+    """this process among the run's processes (rank 0 alone writes ``run``; others see it as None)"""
     stop: str | None = None
     """set by a callback (e.g. on a signal) to end training after this step, with a checkpoint"""
 
@@ -132,14 +135,26 @@ def meta_train(
     ``state.stop`` ends training after that step, with a checkpoint. ``max_seconds`` ends training early (with a checkpoint) once that much
     time has passed on ``clock``. With validation (``val`` and ``eval_every``) the best init is
     kept and returned. ``device``: auto | cpu | cuda[:i] (default: where the learner is).
+
+    Under torchrun (a process group is up, see :mod:`metainr.train.distributed`) every process
+    calls this with the same arguments: each computes the meta-gradient of its shard of every
+    meta-batch, the shards' gradients are all-reduced, and rank 0 alone validates, logs, shows
+    progress and writes ``run_dir`` (whose checkpoint it shares on resume, so the process count
+    may change between runs).
     """
+    if len(data) == 0:
+        raise MetaINRError("no signals to meta-train on (the dataset is empty)")
     device = resolve_device(device) if device is not None else next(learner.parameters()).device
     learner.to(device)
-    run = Path(run_dir) if run_dir is not None else None
-    state = RunState(learner, task, torch.optim.Adam(learner.parameters(), lr=config.outer_lr), config, run, info)
+    world = current_world()
+    run = Path(run_dir) if run_dir is not None and world.main else None
+    state = RunState(learner, task, torch.optim.Adam(learner.parameters(), lr=config.outer_lr), config, run, info,
+                     world=world)
     with RunDirectory(run, resume=resume, overwrite=overwrite) if run else contextlib.nullcontext():
         if run is not None:
             _open_run(state, resume)
+        if world.many:
+            _share_start(state, device)
         _outer_loop(state, data, val, callbacks, device, progress, max_seconds, clock)
     state.restore_best()
     return {n: p.detach().clone() for n, p in learner.init_params().items()}
@@ -166,6 +181,17 @@ def _open_run(state: RunState, resume: bool) -> None:
         _save(state, ckpt, state.optimizer)
 
 
+def _share_start(state: RunState, device: torch.device) -> None:
+    """Rank 0's learner, optimiser state, step and best score on every process (a fresh run's
+    init too, so no process depends on seeding alike)."""
+    world, learner = state.world, state.learner
+    tensors = broadcast_tensors(checkpoint_tensors(learner, state.optimizer) if world.main else None, world, device)
+    step, best, best_step = broadcast_floats([state.step, state.best[0], state.best[1]], world, device)
+    if not world.main:
+        restore(learner, state.optimizer, tensors, "shared by rank 0")
+        state.step, state.best = int(step), (best, int(best_step))
+
+
 def _save(state: RunState, path: Path, optimizer: torch.optim.Optimizer | None, **extra: Any) -> None:
     """A checkpoint of the current step; non-finite parameters end training (:class:`TrainingDiverged`)."""
     best = state.best[0] if math.isfinite(state.best[0]) else None
@@ -183,7 +209,8 @@ def _outer_loop(state: RunState, data: Any, val: Any, callbacks: Sequence[Callba
                 progress: bool | None, max_seconds: float | None, clock: Callable[[], float]) -> None:
     learner, task, config, optimizer, run = state.learner, state.task, state.config, state.optimizer, state.run
     ckpt = run / "checkpoint.safetensors" if run else None
-    show = sys.stderr.isatty() if progress is None else progress
+    world = state.world
+    show = (sys.stderr.isatty() if progress is None else progress) and world.main
     from tqdm.auto import tqdm
 
     bar = tqdm(total=config.steps, initial=state.step, disable=not show, desc=f"meta-train {learner.name}",
@@ -196,8 +223,9 @@ def _outer_loop(state: RunState, data: Any, val: Any, callbacks: Sequence[Callba
         for step in range(state.step, config.steps):
             tic = time.perf_counter()
             idx = batch_indices(len(data), config.batch_size, config.seed, step)
-            batch = task.train_batch(data[idx], context_generator(config.seed, step)).to(device)
-            stats, grads = learner.meta_gradient(task, batch)
+            # every process draws the whole meta-batch's contexts (as one process would), then keeps its shard
+            batch = task.train_batch(data[idx], context_generator(config.seed, step))
+            stats, grads = _shard_gradient(learner, task, batch, world, device)
             for p, (name, _) in zip(params, learner.named_parameters()):
                 p.grad = grads[name]
             norm = float(torch.nn.utils.clip_grad_norm_(params, config.clip if config.clip > 0 else math.inf))
@@ -214,7 +242,8 @@ def _outer_loop(state: RunState, data: Any, val: Any, callbacks: Sequence[Callba
             record = {"step": done, "loss": loss, "grad_norm": norm, "lr": _lr_at(config, step),
                       "seconds": time.perf_counter() - tic}
             if val is not None and config.eval_every and done % config.eval_every == 0:
-                score = validate(learner, task, val, config.eval_steps, device)
+                score = validate(learner, task, val, config.eval_steps, device) if world.main else math.nan
+                score = broadcast_floats([score], world, device)[0]
                 record["val_psnr"] = score if math.isfinite(score) else None  # a diverged fit scores null
                 if math.isfinite(score) and score > state.best[0]:
                     state.best, evals_without_gain = (score, done), 0
@@ -223,8 +252,9 @@ def _outer_loop(state: RunState, data: Any, val: Any, callbacks: Sequence[Callba
                         _save(state, run / "best.safetensors", None)
                 else:
                     evals_without_gain += 1
-                log.info("step %d/%d: loss %.3e, validation PSNR %.2f dB (best %.2f at step %d)", done,
-                         config.steps, loss, score, state.best[0], state.best[1])
+                if world.main:
+                    log.info("step %d/%d: loss %.3e, validation PSNR %.2f dB (best %.2f at step %d)", done,
+                             config.steps, loss, score, state.best[0], state.best[1])
             state.records.append(record)
             if run is not None and (done % config.log_every == 0 or "val_psnr" in record or done == config.steps):
                 _append_jsonl(run / "metrics.jsonl", record)
@@ -234,6 +264,10 @@ def _outer_loop(state: RunState, data: Any, val: Any, callbacks: Sequence[Callba
             bar.set_postfix(loss=f"{loss:.2e}", **({"val": f"{record['val_psnr']:.2f}dB"} if record.get("val_psnr")
                                                   is not None else {}))
             out_of_time = max_seconds is not None and clock() - t0 > max_seconds
+            if world.many:  # one process's time budget or signal stops them all, at the same step
+                out_of_time, stopped = any_process([out_of_time, state.stop is not None], world, device)
+                if stopped and state.stop is None:
+                    state.stop = "another process stopped"
             patience_over = config.patience and evals_without_gain >= config.patience
             if ckpt is not None and (done % config.checkpoint_every == 0 or done == config.steps or out_of_time
                                      or patience_over or state.stop):
@@ -244,6 +278,20 @@ def _outer_loop(state: RunState, data: Any, val: Any, callbacks: Sequence[Callba
                 break
     finally:
         bar.close()
+
+
+def _shard_gradient(learner: Learner, task: Task, batch: Any, world: World,
+                    device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(stats, gradient) of the meta-batch: this process's shard of it, all-reduced over processes."""
+    if not world.many:
+        return learner.meta_gradient(task, batch.to(device))
+    part = shard(len(batch), world)
+    count = part.stop - part.start
+    if count:
+        stats, grads = learner.meta_gradient(task, batch.signals(part).to(device))
+    else:  # fewer signals than processes: this one adds nothing
+        stats, grads = {"loss": torch.zeros((), device=device)}, learner._zero_grads()
+    return all_reduce_mean(stats, grads, count, len(batch), world)
 
 
 def _ckpt_step(path: Path) -> int:

@@ -20,7 +20,8 @@ from ..errors import MetaINRError
 
 RUN_FILES = ("checkpoint.safetensors", "best.safetensors", "config.json", "metrics.jsonl", "training.png",
              "selected.png")
-"""what a run writes (plus ``round_*.safetensors`` of pruning rounds)"""
+"""what a run writes (plus ``round_*.safetensors`` of pruning rounds and ``tensorboard/`` event files)"""
+BOARD_DIR = "tensorboard"
 LOCK_NAME = ".lock"
 
 
@@ -29,7 +30,8 @@ def run_files(run: Path) -> list[Path]:
     if not run.is_dir():
         return []
     found = [run / name for name in RUN_FILES if (run / name).exists()]
-    return found + sorted(run.glob("round_*_density_*.safetensors"))
+    return (found + sorted(run.glob("round_*_density_*.safetensors"))
+            + sorted((run / BOARD_DIR).glob("events.out.tfevents.*")))
 
 
 class RunDirectory:

@@ -49,7 +49,7 @@ def test_two_processes_follow_one_and_resume_with_another_count(cli, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.count("meta-training done") == 1  # rank 0 alone reports
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".lock", "best.safetensors",
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".lock", ".metainr-run.json", "best.safetensors",
                                                                      "checkpoint.safetensors", "config.json",
                                                                      "metrics.jsonl"]
     two_at_3, meta = _learner_tensors(tmp_path / "two" / "checkpoint.safetensors")

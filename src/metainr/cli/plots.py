@@ -11,6 +11,7 @@ import torch
 from ..errors import MetaINRError
 from ..disk import check_outputs
 from ..tasks import build_task
+from ..train.rundir import own
 from .common import Selection, add_device, add_task_args, given_task_options, run_checkpoint, user_errors
 
 
@@ -54,6 +55,8 @@ def run_plot(args: argparse.Namespace, sel: Selection) -> int:
         raise MetaINRError(f"{path} holds no readable records")
     out = args.out or str(Path(args.run) / "training.png")
     check_outputs([out], [path, *Path(args.run).glob("*.safetensors"), Path(args.run) / "config.json"])
+    if not args.out:
+        own(Path(args.run), "training.png")
     plot_training(records, out)
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -100,6 +103,8 @@ def _plot_selected(args: argparse.Namespace, sel: Selection) -> int:
         masks[f"inner step {step}"] = mask.view(h, w)
     out = args.out or str(Path(args.run) / "selected.png")
     check_outputs([out], [ckpt, args.selected])
+    if not args.out:
+        own(Path(args.run), "selected.png")
     plot_selected(ref[0].cpu(), masks, out)
     print(f"wrote {out}", file=sys.stderr)
     return 0

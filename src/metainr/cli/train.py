@@ -158,6 +158,7 @@ def _run(args: argparse.Namespace, sel: Selection, world: World) -> int:
         field_cfg = field_config(args, task, **({"sparse": True} if prune_cfg.rounds else {}))
         if args.target_params:
             field_cfg = dataclasses.replace(field_cfg, width=narrow_width(field_cfg, args.target_params))
+        torch.manual_seed(train_cfg.seed)  # a hypernetwork's init draws from torch's global generator
         learner = _learner(args, sel, task, data, field_cfg)
     info = {"source": source, "validation": how,
             "signals": len(data), "val_signals": len(val) if val is not None else 0}

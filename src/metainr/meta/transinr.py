@@ -117,6 +117,11 @@ class TransINR(Learner):
         pred = observe_batch(task, field_function(self.field), self.hyper_params(tokens), batch)
         loss = torch.vmap(task.loss)(pred, batch.values).mean()
         names, meta = zip(*self.named_parameters())
-        grads = torch.autograd.grad(loss, meta, allow_unused=True)
-        return {"loss": loss.detach()}, {n: torch.zeros_like(p) if g is None else g
-                                         for n, p, g in zip(names, meta, grads)}
+        grads = dict(zip(names, torch.autograd.grad(loss, meta, allow_unused=True)))
+        dim = self.config.hyper_dim
+        for name in names:  # attention is invariant to the key bias: its gradient is 0 up to float noise,
+            if name.endswith("self_attn.in_proj_bias") and grads[name] is not None:  # which Adam would turn
+                grads[name] = grads[name].clone()  # into full steps of a random walk
+                grads[name][dim:2 * dim] = 0
+        return {"loss": loss.detach()}, {n: torch.zeros_like(p) if grads[n] is None else grads[n]
+                                         for n, p in zip(names, meta)}

@@ -17,6 +17,7 @@ from ..errors import MetaINRError
 from ..fit import fit
 from ..functional import field_function
 from .loop import Callback, RunState
+from .rundir import own
 
 
 def _summary_writer(log_dir: Path) -> Any:
@@ -48,6 +49,8 @@ class TensorBoardLog(Callback):
 
     def on_start(self, state: RunState) -> None:
         if state.world.main and self._writer is None:
+            if state.run is not None and self.log_dir.parent.resolve() == state.run.resolve():
+                own(state.run, self.log_dir.name)  # the event files are the run's (--overwrite removes them)
             self._writer = _summary_writer(self.log_dir)
 
     def on_step(self, state: RunState) -> None:

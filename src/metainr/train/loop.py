@@ -29,7 +29,7 @@ from ..tasks import Task
 from .checkpoint import checkpoint_tensors, restore, save_checkpoint
 from .config import TrainConfig
 from .distributed import World, all_reduce_mean, any_process, broadcast_floats, broadcast_tensors, current_world, shard
-from .rundir import RunDirectory
+from .rundir import RunDirectory, own
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ def _open_run(state: RunState, resume: bool) -> None:
     learner, task, config, run = state.learner, state.task, state.config, state.run
     assert run is not None
     ckpt = run / "checkpoint.safetensors"
+    own(run, "config.json", "metrics.jsonl", ckpt.name, "best.safetensors")
     if resume:
         if not ckpt.is_file():
             raise MetaINRError(f"nothing to resume: no checkpoint in {run}")
@@ -195,6 +196,7 @@ def _share_start(state: RunState, device: torch.device) -> None:
 def _save(state: RunState, path: Path, optimizer: torch.optim.Optimizer | None, **extra: Any) -> None:
     """A checkpoint of the current step; non-finite parameters end training (:class:`TrainingDiverged`)."""
     best = state.best[0] if math.isfinite(state.best[0]) else None
+    own(path.parent, path.name)
     try:
         save_checkpoint(path, state.learner, optimizer, state.step, state.task, state.config, state.info,
                         {"best_psnr": best, "best_step": state.best[1], **extra})

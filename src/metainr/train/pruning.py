@@ -16,6 +16,7 @@ from ..tasks import Task
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .loop import Callback, RunState, meta_train
+from .rundir import own
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,9 @@ class PruneRounds(Callback):
         self.records.append(record)
         if state.run is not None:
             cfg = dataclasses.replace(state.config, steps=state.step)
-            save_checkpoint(state.run / f"round_{r:02d}_density_{record['density']:.3f}.safetensors", state.learner,
+            name = f"round_{r:02d}_density_{record['density']:.3f}.safetensors"
+            own(state.run, name)
+            save_checkpoint(state.run / name, state.learner,
                             None, state.step, state.task, cfg, state.info, {"prune": self.config.to_dict(), **record})
         if self.on_round is not None:
             self.on_round(r, state.learner)

@@ -11,7 +11,7 @@ from ..device import resolve_device
 from ..errors import CheckpointMismatch
 from ..fields import FieldConfig, build_field
 from ..meta import Learner, learner_from_spec
-from ..store import load_strict, load_tensors, save_tensors
+from ..disk import load_strict, load_tensors, save_tensors
 from ..tasks import Task, build_task
 from .config import TrainConfig
 

@@ -6,7 +6,8 @@
   Meta-SparseINR pruning round) the learner's tensors after 5 outer steps of ``metainr meta-train``
   in 1 process and in 2 processes (torchrun, gloo) with the same global meta-batch;
   ``equivalence_max_abs_diff`` is the largest elementwise difference. A meta-batch of 1 on 2
-  processes (one process holds no signal) is one more row.
+  processes (one process holds no signal) is one more row. A control per learner: the same run in
+  one process with 1 and with 2 threads (only the float summation order differs).
 - speed: seconds per outer step (the trainer's own per-step times from ``metrics.jsonl``, first
   two steps dropped) at a size where compute dominates: 1 process with 1 thread, 1 process with 2
   threads (what one process gets from this machine) and 2 processes with 1 thread each.
@@ -79,16 +80,43 @@ def equivalence(tmp: Path, steps: int) -> list[dict]:
         batch = [] if "--batch-size" in extra else ["--batch-size", "4"]
         args = ["meta-train", *BASE, *batch, *extra, "--steps", str(steps)]
         runs = {}
-        for procs in (1, 2):
-            run = tmp / f"eq_{name}_{procs}"
-            metainr([*args, "--run-dir", str(run)], procs, 1, tmp)
-            runs[procs] = learner_tensors(final_checkpoint(run))
-        one, two = runs[1], runs[2]
+        for key, procs, threads in (("one", 1, 1), ("two", 2, 1), ("control", 1, 2)):
+            run = tmp / f"eq_{name}_{key}"
+            metainr([*args, "--run-dir", str(run)], procs, threads, tmp)
+            runs[key] = learner_tensors(final_checkpoint(run))
+        one, two, control = runs["one"], runs["two"], runs["control"]
         diff = max(float((one[k] - two[k]).abs().max()) for k in one)
+        noise = max(float((one[k] - control[k]).abs().max()) for k in one)
         rows.append({"learner": name, "outer_steps": steps, "global_batch": int((batch or extra)[-1]),
-                     "compared": final_checkpoint(tmp / f"eq_{name}_1").name, "equivalence_max_abs_diff": diff,
+                     "compared": final_checkpoint(tmp / f"eq_{name}_one").name, "equivalence_max_abs_diff": diff,
+                     "control_one_process_1_vs_2_threads_max_abs_diff": noise,
                      "max_abs_param": max(float(t.abs().max()) for t in one.values())})
-        print(f"equivalence {name}: max |diff| {diff:.3g}", file=sys.stderr)
+        print(f"equivalence {name}: max |diff| {diff:.3g} (1 vs 2 threads: {noise:.3g})", file=sys.stderr)
+    return rows
+
+
+def equivalence_float64(tmp: Path, steps: int) -> list[dict]:
+    """The same comparison through the library API (``_distributed_worker.py``) in float64 and
+    float32: what is left in float64 is the summation order's rounding, amplified by training."""
+    worker = str(Path(__file__).resolve().parent / "_distributed_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rows = []
+    for name in ("maml", "reptile", "transinr"):
+        for dtype in ("float32", "float64"):
+            outs = {}
+            for procs in (1, 2):
+                out = tmp / f"w_{name}_{dtype}_{procs}.safetensors"
+                launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
+                          if procs > 1 else [sys.executable])
+                proc = subprocess.run([*launch, worker, name, str(out), "--dtype", dtype, "--steps", str(steps)],
+                                      capture_output=True, text=True, env=env, timeout=600)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"worker {name} {dtype} failed: {proc.stderr.strip()[-800:]}")
+                outs[procs] = load_tensors(out)[0]
+            diff = max(float((outs[1][k].double() - outs[2][k].double()).abs().max()) for k in outs[1])
+            rows.append({"learner": name, "dtype": dtype, "outer_steps": steps, "global_batch": 4,
+                         "equivalence_max_abs_diff": diff})
+            print(f"equivalence ({dtype}, library API) {name}: {diff:.3g}", file=sys.stderr)
     return rows
 
 
@@ -181,6 +209,7 @@ def main() -> None:
         tmp_path = Path(tmp)
         if args.part in ("all", "equivalence"):
             result["equivalence"] = equivalence(tmp_path, 5)
+            result["equivalence_by_dtype"] = equivalence_float64(tmp_path, 5)
         if args.part in ("all", "speed"):
             result["speed"] = speed(tmp_path, args.quick)
         if args.part in ("all", "encode"):

@@ -110,8 +110,9 @@ def all_reduce_mean(stats: Mapping[str, Tensor], grads: Mapping[str, Tensor], co
     any_grad = next(iter(grads.values()))
     comm = _comm_device(any_grad.device)
     weight = count / total
-    flat = torch.cat([*(grads[n].detach().reshape(-1).to(comm, torch.float32) * weight for n in names),
-                      *(stats[k].detach().reshape(1).to(comm, torch.float32) * weight for k in stats)])
+    dtype = any_grad.dtype  # the gradients' own precision (float64 runs stay float64)
+    flat = torch.cat([*(grads[n].detach().reshape(-1).to(comm, dtype) * weight for n in names),
+                      *(stats[k].detach().reshape(1).to(comm, dtype) * weight for k in stats)])
     dist.all_reduce(flat)
     out, at = {}, 0
     for n in names:

@@ -2,8 +2,8 @@
 
 Rank 0 writes what ``metrics.jsonl`` holds as scalars (``train/loss``, ``train/grad_norm``,
 ``train/lr``, ``val/psnr``) and, at each validation, the reconstruction of the first validation
-signal after the validation's test-time steps beside its target, for tasks whose signals are
-pictures or clips (a (H, W, C) or (T, H, W, C) layout with 1 or 3 channels; others log scalars).
+signal after the validation's test-time steps beside its target, for tasks whose reconstructions
+are pictures (a (H, W, C) or (T, H, W, C) layout with 1 or 3 channels; others log scalars).
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def _summary_writer(log_dir: Path) -> Any:
 
 
 def as_picture(signal: Tensor) -> Tensor | None:
-    """(3, H, W) in [0, 1] of a picture-like signal: an image (H, W, C) or a clip (T, H, W, C)
-    shown as its frames side by side; None for other layouts (sounds, points, volumes)."""
+    """(3, H, W) in [0, 1] of a picture-like signal: a (H, W, C) grid or a (T, H, W, C) stack of
+    them shown side by side; None for other layouts."""
     if signal.dim() == 4 and signal.shape[-1] in (1, 3):
         signal = torch.cat(list(signal[:8]), dim=1)
     if signal.dim() != 3 or signal.shape[-1] not in (1, 3):
@@ -77,7 +77,7 @@ class TensorBoardLog(Callback):
                      **rule.fit_options(task, learner.field))
         with torch.no_grad():
             recon = task.reconstruct(field_function(learner.field), result.params, batch)[0]
-        # the target: the reference where observations are not the signal (CT), else the observations
+        # the target: the reference where observations are not the signal itself, else the observations
         target = batch.reference[0] if batch.reference is not None else batch.values[0]
         picture = as_picture(recon)
         if picture is None:

@@ -29,6 +29,7 @@ _EXPORTS = {
               "SDF2DConfig", "SDF2DTask", "SDF3DConfig", "SDF3DTask", "SphereConfig", "SphereTask", "Task",
               "VideoConfig", "VideoTask", "build_task", "register_task"],
     "start": ["Fitted", "Start", "fit_from_checkpoint"],
+    "store": ["FieldStore", "decode", "encode", "store_info"],
     "train": ["PruneConfig", "PruneRounds", "TrainConfig", "iterative_pruning", "load_learner", "meta_train",
               "save_checkpoint", "task_from_meta"],
 }

@@ -27,7 +27,7 @@ from ..errors import MetaINRError
 from ..limits import Limits, use_limits
 from ..meta import learner_names
 from ..tasks import TASKS
-from . import fitting, plots, render, train
+from . import fitting, plots, render, store, train
 from .common import DEFAULT_TASK, Selection, preset
 from .options import Parser, positive_int
 
@@ -36,6 +36,7 @@ log = logging.getLogger("metainr")
 COMMANDS: dict[str, Callable[[argparse.Namespace, Selection], int]] = {
     "meta-train": train.run, "fit": fitting.run_fit, "eval": fitting.run_eval, "plot": plots.run_plot,
     "demo": plots.run_demo, "render": render.run_render,
+    "encode": store.run_encode, "decode": store.run_decode, "store": store.run_store,
 }
 """verb -> command(args, selection) -> exit code"""
 
@@ -71,7 +72,7 @@ def _first_parser() -> Parser:
         p.add_argument("--task", choices=sorted(TASKS), default=None)
         if verb == "meta-train":
             p.add_argument("--learner", choices=learner_names(), default=None)
-        if verb in ("fit", "eval"):
+        if verb in ("fit", "eval", "encode"):
             p.add_argument("--init", default=None)
         if verb == "plot":
             p.add_argument("run", nargs="?", default=None)
@@ -105,7 +106,7 @@ def select(argv: list[str]) -> Selection:
     sel.task = first.task or DEFAULT_TASK
     if first.command == "meta-train":
         sel.learner = first.learner or preset(sel.task).learner
-    elif first.command in ("fit", "eval") and first.init not in (None, "random"):
+    elif first.command in ("fit", "eval", "encode") and first.init not in (None, "random"):
         sel.loaded = load_learner(first.init, device=sel.device)
         spec = sel.loaded[1].get("task")
         if not spec or spec.get("name") not in TASKS:
@@ -131,6 +132,7 @@ def build_parser(sel: Selection | None = None) -> Parser:
     fitting.add_parsers(sub, sel)
     plots.add_parsers(sub, sel)
     render.add_parser(sub, sel)
+    store.add_parsers(sub, sel)
     return parser
 
 

@@ -27,7 +27,7 @@ from ..errors import MetaINRError
 from ..limits import Limits, use_limits
 from ..meta import learner_names
 from ..tasks import TASKS
-from . import fitting, plots, render, store, train
+from . import fitting, plots, render, store, train, zoo
 from .common import DEFAULT_TASK, Selection, preset
 from .options import Parser, positive_int
 
@@ -36,7 +36,7 @@ log = logging.getLogger("metainr")
 COMMANDS: dict[str, Callable[[argparse.Namespace, Selection], int]] = {
     "meta-train": train.run, "fit": fitting.run_fit, "eval": fitting.run_eval, "plot": plots.run_plot,
     "demo": plots.run_demo, "render": render.run_render,
-    "encode": store.run_encode, "decode": store.run_decode, "store": store.run_store,
+    "encode": store.run_encode, "decode": store.run_decode, "store": store.run_store, "zoo": zoo.run_zoo,
 }
 """verb -> command(args, selection) -> exit code"""
 
@@ -133,6 +133,7 @@ def build_parser(sel: Selection | None = None) -> Parser:
     plots.add_parsers(sub, sel)
     render.add_parser(sub, sel)
     store.add_parsers(sub, sel)
+    zoo.add_parser(sub, sel)
     return parser
 
 

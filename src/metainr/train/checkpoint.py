@@ -13,6 +13,7 @@ from ..fields import FieldConfig, build_field
 from ..meta import Learner, learner_from_spec
 from ..disk import load_strict, load_tensors, save_tensors
 from ..tasks import Task, build_task
+from ..zoo import resolve_checkpoint
 from .config import TrainConfig
 
 
@@ -55,7 +56,9 @@ def task_from_meta(meta: dict[str, Any], path: str | Path = "checkpoint") -> Tas
 
 def load_learner(path: str | Path, device: str | torch.device | None = "cpu") -> tuple[Learner, dict[str, Any]]:
     """Rebuild the learner stored in a checkpoint on ``device`` (its own config decides the
-    architecture); returns (learner, metadata). ``task_from_meta(metadata)`` gives its task."""
+    architecture); returns (learner, metadata). ``task_from_meta(metadata)`` gives its task.
+    ``path`` may name a packaged init, ``"zoo:NAME"`` (see :mod:`metainr.zoo`)."""
+    path = resolve_checkpoint(path)
     tensors, meta = load_tensors(path)
     try:
         field = build_field(FieldConfig.from_dict(meta["field"]))

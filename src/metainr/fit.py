@@ -12,7 +12,8 @@ from typing import Callable, Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .functional import Adam, LearningRates, Params, coordinate_chunks, field_function, sgd_step
+from .functional import LearningRates, Params, field_function
+from .inner_loop import Step, loss_and_grads, signal_groups, take_steps
 from .tasks.base import Batch, Task
 
 GradientTransform = Callable[[Params, Params, Batch], Params]
@@ -46,27 +47,6 @@ def per_signal(p: Tensor, shape: torch.Size, batch: int) -> Tensor:
     if p.shape == (batch, *shape):
         return p.clone()
     raise ValueError(f"init tensor of shape {tuple(p.shape)} fits neither {tuple(shape)} nor {(batch, *shape)}")
-
-
-def _loss_and_grads(task: Task, field: nn.Module, params: Params, batch: Batch, chunk_rows: int,
-                    need_grads: bool) -> tuple[Tensor, Params | None]:
-    """Per-signal loss (b,) of the b signals of ``batch`` and, if asked, the gradient of their SUM
-    for every param, swept over query rows so at most ``chunk_rows`` rows are alive at once."""
-    fn = field_function(field)
-    q_dim = 0 if batch.per_signal_query else None
-    errors = torch.vmap(lambda p, q, v: task.errors(task.observe(fn, p, q), v).sum(), in_dims=(0, q_dim, 0))
-    n = batch.values.shape[1]
-    leaves = {k: p.detach().requires_grad_(need_grads) for k, p in params.items()}
-    loss = batch.values.new_zeros(len(batch))
-    grads = None
-    for rows in coordinate_chunks(n, chunk_rows):
-        with torch.set_grad_enabled(need_grads):
-            part = errors(leaves, batch.query[..., rows, :], batch.values[:, rows]) / n
-        if need_grads:
-            g = torch.autograd.grad(part.sum(), list(leaves.values()))
-            grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
-        loss += part.detach()
-    return loss, (dict(zip(leaves, grads)) if grads is not None else None)
 
 
 def fit(
@@ -104,48 +84,37 @@ def fit(
             (e.g. :class:`metainr.meta.GradientRescaling`).
 
     The loss is the SUM over signals of each signal's loss, so every signal's gradient, and
-    Adam's per-element state, are exactly those of fitting it alone.
+    Adam's per-element state, are exactly those of fitting it alone. The steps are
+    :func:`metainr.inner_loop.take_steps` (batched, nothing differentiable); recording is its
+    ``on_step`` hook, ``transform`` its gradient transform (called per group of signals).
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
-    if optimizer == "adam" and not isinstance(lr, (int, float)):
-        raise ValueError("adam takes a scalar learning rate")
     n_signals, n_rows = len(batch), batch.values.shape[1]
     record = sorted({min(max(int(s), 0), steps) for s in (record if record is not None else [steps])})
     shapes = {n: p.shape for n, p in field.named_parameters()}
     params = {n: per_signal(p, shapes[n], n_signals) for n, p in init.items()}
-    adam = Adam(float(lr)) if optimizer == "adam" else None
-    per_group = max(1, chunk_coords // max(n_rows, 1))
-    groups = [slice(i, min(i + per_group, n_signals)) for i in range(0, n_signals, per_group)]
+    groups = signal_groups(n_signals, n_rows, chunk_coords)
     fn = field_function(field)
     curves: dict[str, list[Tensor]] = {}
     final_loss = batch.values.new_full((n_signals,), float("nan"))
-    for step in range(steps + 1):
-        if step == steps and step not in record:
-            break
-        need_grads = step < steps
-        losses, grad_parts = [], []
-        for g in groups:
-            part = {n: p[g] for n, p in params.items()}
-            sub = batch.signals(g)
-            loss, grads = _loss_and_grads(task, field, part, sub, chunk_coords, need_grads)
-            if grads is not None and transform is not None:
-                grads = transform(part, grads, sub)
-            losses.append(loss)
-            grad_parts.append(grads)
-        if step in record:
-            final_loss = torch.cat(losses)
-            with torch.no_grad():
-                scores = [task.metrics(fn, {n: p[g] for n, p in params.items()}, batch.signals(g), metrics)
-                          for g in groups]
-            for name in scores[0]:
-                curves.setdefault(name, []).append(torch.cat([s[name] for s in scores]))
-        if not need_grads:
-            break
-        grads = {n: torch.cat([gp[n] for gp in grad_parts]) for n in params}
-        with torch.no_grad():
-            params = adam.step(params, grads) if adam is not None else sgd_step(params, grads, lr)
-    return FitResult(params, record, {k: torch.stack(v, dim=1) for k, v in curves.items()}, final_loss)
 
+    def record_metrics(step: Step) -> None:
+        nonlocal final_loss
+        if step.index not in record:
+            return
+        final_loss = step.loss if step.loss is not None else loss_and_grads(
+            task, field, step.params, batch.query, batch.values, chunk_coords, batched=True, need_grads=False)[0]
+        with torch.no_grad():
+            scores = [task.metrics(fn, {n: p[g] for n, p in step.params.items()}, batch.signals(g), metrics)
+                      for g in groups]
+        for name in scores[0]:
+            curves.setdefault(name, []).append(torch.cat([s[name] for s in scores]))
+
+    def transform_groups(step: Step) -> Params:
+        parts = [transform({n: p[g] for n, p in step.params.items()}, {n: t[g] for n, t in step.grads.items()},
+                           batch.signals(g)) for g in groups]  # type: ignore[misc, union-attr]
+        return parts[0] if len(parts) == 1 else {n: torch.cat([part[n] for part in parts]) for n in parts[0]}
+
+    params = take_steps(task, field, params, batch.query, batch.values, steps, optimizer=optimizer, lr=lr,
+                        chunk=chunk_coords, batched=True, transform=transform_groups if transform else None,
+                        on_step=record_metrics)
+    return FitResult(params, record, {k: torch.stack(v, dim=1) for k, v in curves.items()}, final_loss)

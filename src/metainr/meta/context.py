@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..config import Config
-from ..functional import Params, coordinate_chunks, field_function, global_norm, sgd_step
+from ..functional import Params, coordinate_chunks, field_function, global_norm
+from ..inner_loop import Select, take_steps
 from ..tasks.base import Batch, Task
 
 POLICIES = ("all", "random", "gradnorm")
@@ -172,39 +173,35 @@ class ContextPolicy:
         scores = context_scores(task, field, params, query, values, chunk)
         return select_context(scores, self.config.keep_ratio)
 
+    def selector(self, task: Task, field: nn.Module, chunk: int = 16384) -> Select | None:
+        """:meth:`select` as :func:`~metainr.inner_loop.take_steps` calls it,
+        ``(params, query (M, d), values (M, C)) -> rows | None``; None for the ``all`` policy."""
+        if not self.prunes:
+            return None
+        return lambda params, query, values: self.select(task, field, params, query, values, chunk)
 
-def loss_and_grad(task: Task, field: nn.Module, params: Mapping[str, Tensor], query: Tensor, values: Tensor,
-                  chunk: int) -> tuple[Tensor, Params]:
-    """Loss of ONE signal on all its rows and its first-order gradient w.r.t. ``params`` (treated as
-    leaves), accumulated over row chunks: at most ``chunk`` rows' activations are alive at once."""
-    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    fn = field_function(field)
-    total = query.shape[0]
-    loss = values.new_zeros(())
-    grads = {n: torch.zeros_like(p) for n, p in leaves.items()}
-    for rows in coordinate_chunks(total, chunk):
-        with torch.enable_grad():
-            part = task.errors(task.observe(fn, leaves, query[rows]), values[rows]).sum() / total
-            for g, d in zip(grads.values(), torch.autograd.grad(part, list(leaves.values()))):
-                g += d
-        loss += part.detach()
-    return loss, grads
+
+def bootstrap_target(task: Task, field: nn.Module, fast: Mapping[str, Tensor], query: Tensor, values: Tensor,
+                     config: ContextConfig, chunk: int | None = None, first_grads: Mapping[str, Tensor] | None = None,
+                     functional: bool = False) -> Params:
+    """theta_boot of ONE signal: ``boot_steps`` first-order SGD steps of size ``boot_lr`` on every row
+    (query (N, d), values (N, C)) from stopgrad(theta_K) = ``fast``; detached. ``first_grads``: the
+    full-context gradient at theta_K when the caller has it (saves one pass); ``functional``: under
+    ``vmap`` (``torch.func`` gradients)."""
+    return take_steps(task, field, fast, query, values, config.boot_steps, lr=config.boot_lr, order=0,
+                      chunk=chunk, first_grads=first_grads, functional=functional)
 
 
 def bootstrap_correction(task: Task, field: nn.Module, fast: Mapping[str, Tensor], query: Tensor, values: Tensor,
                          config: ContextConfig, chunk: int,
                          first_grad: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Params]:
     """``lambda * ||stopgrad(theta_boot) - theta_K||`` and its gradient w.r.t. theta_K, theta_boot
-    being ``boot_steps`` first-order full-context SGD steps of size ``boot_lr`` from theta_K.
+    being :func:`bootstrap_target` (steps in row chunks of ``chunk``).
 
     ``first_grad``, the full-context gradient at theta_K when the caller has it (the outer loss
     needs exactly that), saves one of the L passes.
     """
-    boot = {n: p.detach() for n, p in fast.items()}
-    for step in range(config.boot_steps):
-        grads = first_grad if step == 0 and first_grad is not None else \
-            loss_and_grad(task, field, boot, query, values, chunk)[1]
-        boot = sgd_step(boot, grads, config.boot_lr)
+    boot = bootstrap_target(task, field, fast, query, values, config, chunk, first_grad)
     diff = {n: p.detach() - boot[n] for n, p in fast.items()}
     distance = global_norm(diff)
     # d||x|| / dx = x / ||x||; (+1e-20: a finite gradient, 0, when theta_boot == theta_K)

@@ -9,12 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config
-from ..functional import LearningRates, Params, field_function, sgd_step
+from ..functional import LearningRates, Params, field_function
+from ..inner_loop import Step, loss_and_grads, take_steps
 from ..tasks.base import Batch, Task
 from .base import Learner, signal_rows
 from .batching import BATCHING, activation_mb, field_evaluations, hessian_vector_product
-from .context import (bootstrap_correction, closed_form_scores, kept_count, loss_and_grad, observes_directly,
-                      select_context)
+from .context import bootstrap_correction, bootstrap_target, kept_count, observes_directly
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,16 @@ class MAML(Learner):
         return "loop" if activation_mb(self.field, steps * inner + outer) <= self.config.memory_budget_mb \
             else "recompute"
 
+    def _steps(self, task: Task, params: Params, lrs: LearningRates, query: Tensor, values: Tensor,
+               **options) -> Params:
+        """This learner's K inner steps of ONE signal from ``params`` (options: ``order``,
+        ``functional``, ``on_step`` of :func:`~metainr.inner_loop.take_steps`; default order: 1 for
+        first-order MAML, else 2)."""
+        options.setdefault("order", 1 if self.config.first_order else 2)
+        return take_steps(task, self.field, params, query, values, self.config.inner_steps, lr=lrs,
+                          select=self.policy.selector(task, self.field, self.config.chunk_coords),
+                          chunk=self.config.chunk_coords, **options)
+
     def adapt(self, task: Task, query: Tensor, values: Tensor, trace: list[Tensor] | None = None) -> Params:
         """K inner steps of ONE signal from the init, differentiable w.r.t. the meta-parameters.
 
@@ -136,18 +146,13 @@ class MAML(Learner):
         context policy picks the rows it uses. With ``trace`` (a list), the kept indices of every
         step and one more selection at theta_K are appended (pictures of what the loop looks at).
         """
-        fn, params = field_function(self.field), self.init_params()
-        chunk = self.config.chunk_coords
-        for _ in range(self.config.inner_steps):
-            rows = self.policy.select(task, self.field, params, query, values, chunk)
-            if trace is not None and rows is not None:
-                trace.append(rows)
-            q, v = (query, values) if rows is None else (query[rows], values[rows])
-            loss = task.loss(task.observe(fn, params, q), v)
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=not self.config.first_order)
-            params = sgd_step(params, dict(zip(params, grads)), self.inner_lrs())
+        def keep_rows(step: Step) -> None:
+            if trace is not None and step.rows is not None:
+                trace.append(step.rows)
+
+        params = self._steps(task, self.init_params(), self.inner_lrs(), query, values, on_step=keep_rows)
         if trace is not None and self.policy.prunes:
-            trace.append(self.policy.select(task, self.field, params, query, values, chunk))
+            trace.append(self.policy.select(task, self.field, params, query, values, self.config.chunk_coords))
         return params
 
     def outer_gradient(self, task: Task, fast: Mapping[str, Tensor], query: Tensor,
@@ -155,7 +160,7 @@ class MAML(Learner):
         """Outer loss of ONE signal at its adapted params and its gradient w.r.t. them (first order,
         in row chunks), the bootstrap correction included when on."""
         chunk = self.config.chunk_coords
-        loss, grads = loss_and_grad(task, self.field, fast, query, values, chunk)
+        loss, grads = loss_and_grads(task, self.field, fast, query, values, chunk)
         if self.context.boot_steps and self.context.boot_weight:
             reg, reg_grads = bootstrap_correction(task, self.field, fast, query, values, self.context, chunk, grads)
             loss, grads = loss + reg, {n: g + reg_grads[n] for n, g in grads.items()}
@@ -229,46 +234,30 @@ class MAML(Learner):
         chunk, first_order = self.config.chunk_coords, self.config.first_order
         init, lrs = self.init_params(), self.inner_lrs()
         alphas = lrs if isinstance(lrs, float) else {n: t.detach() for n, t in lrs.items()}
-        params, steps = {n: p.detach() for n, p in init.items()}, []
-        for _ in range(self.config.inner_steps):
-            rows = self.policy.select(task, self.field, params, cq, cv, chunk)
-            q, v = (cq, cv) if rows is None else (cq[rows], cv[rows])
-            grads = loss_and_grad(task, self.field, params, q, v, chunk)[1]
-            steps.append((params, q, v, grads))
-            params = sgd_step(params, grads, alphas)
+        steps: list[Step] = []  # the checkpoints: each step's params, rows and gradients
+        params = self._steps(task, init, alphas, cq, cv, order=0,
+                             on_step=lambda step: steps.append(step) if step.grads is not None else None)
         loss, adjoint = self.outer_gradient(task, params, query, values)
         lr_adjoint = {n: torch.zeros_like(p) for n, p in params.items()}
-        for params_k, q, v, grads in reversed(steps):
+        for step in reversed(steps):
+            grads = step.grads
             if not isinstance(lrs, float):
                 lr_adjoint = {n: a - adjoint[n] * grads[n] for n, a in lr_adjoint.items()}
             if not first_order:
+                q, v = (cq, cv) if step.rows is None else (cq[step.rows], cv[step.rows])
                 scaled = {n: a * (alphas if isinstance(alphas, float) else alphas[n]) for n, a in adjoint.items()}
-                hv = hessian_vector_product(task, self.field, params_k, q, v, scaled, chunk)
+                hv = hessian_vector_product(task, self.field, step.params, q, v, scaled, chunk)
                 adjoint = {n: a - hv[n] for n, a in adjoint.items()}
         tensors, adjoints = list(init.values()), [adjoint[n] for n in init]
         if not isinstance(lrs, float):
             tensors, adjoints = tensors + list(lrs.values()), adjoints + [lr_adjoint[n] for n in lrs]
         return loss, tensors, adjoints
 
-    def _inner_loop(self, task: Task, params: Params, lrs: LearningRates, query: Tensor, values: Tensor,
-                    prune: bool = False) -> Params:
-        """K inner steps of ONE signal on query (M, d), values (M, C), with ``torch.func`` (what vmap
-        and torch.compile trace): the adapted params. ``prune``: each step sees the top keep_ratio rows
-        by the closed-form GradNCP score (a directly observed field), as ``adapt`` does row by row."""
-        fn = field_function(self.field)
-        grad_fn = torch.func.grad(lambda p, q, v: task.loss(task.observe(fn, p, q), v))
-        for _ in range(self.config.inner_steps):
-            q, v = query, values
-            if prune:
-                scores = closed_form_scores(self.field, {n: t.detach() for n, t in params.items()}, query, values,
-                                            self.config.chunk_coords)
-                rows = select_context(scores, self.context.keep_ratio)
-                q, v = query[rows], values[rows]
-            grads = grad_fn(params, q, v)
-            if self.config.first_order:
-                grads = {k: g.detach() for k, g in grads.items()}
-            params = sgd_step(params, grads, lrs)
-        return params
+    def _inner_loop(self, task: Task, params: Params, lrs: LearningRates, query: Tensor, values: Tensor) -> Params:
+        """K inner steps of ONE signal on query (M, d), values (M, C) with ``torch.func`` gradients
+        (what vmap and torch.compile trace): the adapted params. A pruning policy picks each step's
+        rows as ``adapt`` does (under vmap: GradNCP's closed-form score, ``topk`` per signal)."""
+        return self._steps(task, params, lrs, query, values, functional=True)
 
     def _batch_losses(self, task: Task, params: Params, lrs: LearningRates, query: Tensor, values: Tensor,
                       ctx: Tensor | None) -> Tensor:
@@ -276,19 +265,15 @@ class MAML(Learner):
         bootstrap correction included when on. query (N, d) shared or (B, N, d), values (B, N, C);
         ctx: shared context rows or None."""
         fn, boot = field_function(self.field), self.context
-        grad_fn = torch.func.grad(lambda p, q, v: task.loss(task.observe(fn, p, q), v))
 
         def adapted_loss(query: Tensor, values: Tensor) -> Tensor:
             cq, cv = (query, values) if ctx is None else (query[ctx], values[ctx])
-            fast = self._inner_loop(task, params, lrs, cq, cv, prune=self.policy.prunes)
+            fast = self._inner_loop(task, params, lrs, cq, cv)
             loss = task.loss(task.observe(fn, fast, query), values)
-            if boot.boot_steps and boot.boot_weight:  # as bootstrap_correction, first order on every row
-                target = {n: t.detach() for n, t in fast.items()}
-                for _ in range(boot.boot_steps):
-                    target = sgd_step(target, {n: g.detach() for n, g in grad_fn(target, query, values).items()},
-                                      boot.boot_lr)
-                squared = sum((fast[n] - target[n].detach()).pow(2).sum() for n in fast)
-                loss = loss + boot.boot_weight * torch.sqrt(squared + 1e-20)  # its gradient: bootstrap_correction's
+            if boot.boot_steps and boot.boot_weight:  # as bootstrap_correction: its gradient is the same
+                target = bootstrap_target(task, self.field, fast, query, values, boot, functional=True)
+                squared = sum((fast[n] - target[n]).pow(2).sum() for n in fast)
+                loss = loss + boot.boot_weight * torch.sqrt(squared + 1e-20)
             return loss
 
         return torch.vmap(adapted_loss, in_dims=(0 if query.dim() == 3 else None, 0))(query, values)

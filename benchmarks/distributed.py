@@ -15,7 +15,8 @@
 - encode: ``metainr encode`` throughput (signals per second, whole command) with 1 and 2
   processes, and a kill-and-resume record: an encode killed (SIGKILL) after its first committed
   shard, run again, and the store checked for every signal exactly once.
-``--part`` runs one section and merges it into an existing ``--out`` file.
+``--part`` runs one section and merges it into an existing ``--out`` file. The 1-minute load
+average before and after each timed section is recorded: other work on the machine shows there.
 """
 from __future__ import annotations
 
@@ -158,12 +159,14 @@ def stored_ids(store: Path) -> list[str]:
 
 def encode(tmp: Path, quick: bool) -> dict:
     init = tmp / "init"
-    metainr(["meta-train", *BASE, "--batch-size", "4", "--learner", "maml", "--steps", "3", "--run-dir", str(init)],
+    base = [a if a != "faces" else "patches" for a in BASE]
+    metainr(["meta-train", *base, "--batch-size", "4", "--learner", "maml", "--steps", "3", "--run-dir", str(init)],
             1, 1, tmp)
-    count = 48 if quick else 192
-    args = ["encode", "faces", "--split", "test", "--init", str(init / "checkpoint.safetensors"), "--steps", "20",
-            "--batch-size", "8", "--max-signals", str(count), "--count", str(count)]
-    out: dict = {"signals": count, "steps": 20, "batch_size": 8}
+    count = 1000  # the patches training split at 16x16
+    args = ["encode", "patches", "--split", "train", "--init", str(init / "checkpoint.safetensors"), "--steps", "20",
+            "--batch-size", "8"]
+    out: dict = {"data": "patches:train 16x16", "field": "siren 32x3", "signals": count, "steps": 20,
+                 "batch_size": 8}
     for procs in (1, 2):
         store = tmp / f"store_{procs}"
         wall = metainr([*args, "--store", str(store)], procs, 1, tmp)
@@ -211,9 +214,13 @@ def main() -> None:
             result["equivalence"] = equivalence(tmp_path, 5)
             result["equivalence_by_dtype"] = equivalence_float64(tmp_path, 5)
         if args.part in ("all", "speed"):
-            result["speed"] = speed(tmp_path, args.quick)
+            load = os.getloadavg()[0]
+            result["speed"] = {**speed(tmp_path, args.quick), "load_average_before": load,
+                               "load_average_after": os.getloadavg()[0]}
         if args.part in ("all", "encode"):
-            result["encode"] = encode(tmp_path, args.quick)
+            load = os.getloadavg()[0]
+            result["encode"] = {**encode(tmp_path, args.quick), "load_average_before": load,
+                                "load_average_after": os.getloadavg()[0]}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(out_path, result)
     print(json.dumps(result, indent=1))

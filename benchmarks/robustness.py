@@ -9,9 +9,18 @@ that the limits let through.
    raised no traceback, failed with exactly one ``metainr: error:`` line (or succeeded without
    printing NaN / invalid JSON), and touched no file outside its outputs.
 2. The largest inputs the default limits accept, each fitted from a random init in a fresh
-   process (1 step, the CLI as a user runs it): an image of exactly ``max_pixels`` (4096^2) and a
-   sinogram of CT's largest slice (sqrt(max_pixels / CT_PIXEL_COST) = 1024 detectors); peak RSS
-   (ru_maxrss) of each, beside a 512^2 image's; and an image one row over the limit (refused).
+   process (1 step, the CLI as a user runs it): an image of exactly ``max_pixels`` (4096^2), a
+   sinogram of CT's largest slice (sqrt(max_pixels / CT_PIXEL_COST) = 1024 detectors) and the
+   largest multi-file input: a views file whose frames hold ``max_pixels`` pixels together (16,384
+   PNG files of 32^2, the views task's default resolution: limits apply to the input as a whole),
+   rendered with 2 samples a ray instead of 32 (16x less compute, the same memory: renders are
+   chunked to a fixed number of samples alive at once; at 32 samples a fit of 1/16 of it took 10.5
+   min here, so the whole one about 3 h);
+   peak RSS (ru_maxrss) of each, beside a 512^2 image's; and an image one row over the limit and a
+   views file one frame over it (both refused).
+
+``--memory NAME,...`` measures only those inputs and carries the others over from the existing
+``--out`` file (marked as carried, with the commit they were measured at when known).
 """
 from __future__ import annotations
 
@@ -91,33 +100,89 @@ def peak_fit(argv: list[str], cwd: Path) -> dict:
             "message": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr.strip() else ""}
 
 
-def worst_inputs() -> dict:
+MEASURES = ("image_512", "image_at_limit", "sinogram_at_limit", "image_over_limit", "views_at_limit",
+            "views_over_limit")
+
+
+def views_file(folder: Path, frames: int, side: int) -> Path:
+    """A transforms.json of ``frames`` distinct RGBA PNG files of ``side``^2 on a turntable."""
     from PIL import Image
+
+    (folder / "f").mkdir(parents=True, exist_ok=True)
+    poses = []
+    for i in range(frames):
+        a = 2 * np.pi * i / frames
+        rgba = np.zeros((side, side, 4), np.uint8)
+        rgba[..., 0], rgba[..., 1], rgba[..., 2] = int(128 + 100 * np.cos(a)), int(128 + 100 * np.sin(a)), 90
+        rgba[side // 4: 3 * side // 4, side // 4: 3 * side // 4, 3] = 255
+        Image.fromarray(rgba, "RGBA").save(folder / "f" / f"r_{i}.png")
+        c, s = float(np.cos(a)), float(np.sin(a))  # on a circle of radius 4 in the xy-plane, looking at the origin
+        poses.append({"file_path": f"f/r_{i}.png", "transform_matrix": [[-s, 0, c, 4 * c], [c, 0, s, 4 * s],
+                                                                         [0, 1, 0, 0], [0, 0, 0, 1]]})
+    (folder / "transforms.json").write_text(json.dumps({"camera_angle_x": 0.69, "frames": poses}))
+    return folder / "transforms.json"
+
+
+def worst_inputs(which: tuple[str, ...] = MEASURES) -> dict:
+    from PIL import Image
+
+    from metainr.tasks.views import ViewsConfig
 
     limits = Limits()
     side = int(limits.max_pixels ** 0.5)
-    out = {"max_pixels": limits.max_pixels}
+    out: dict = {"max_pixels": limits.max_pixels}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         rng = np.random.default_rng(0)
         for name, s in (("image_512", 512), ("image_at_limit", side)):
+            if name not in which:
+                continue
             y, x = np.mgrid[:s, :s] / s
             pixels = (np.stack([np.sin(9 * x), np.cos(7 * y), x * y], -1) * 0.5 + 0.5) * 255
             Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / f"{name}.png")
             out[name] = {"side": s, **peak_fit(["--threads", "2", "fit", f"{name}.png", "--init", "random", "--steps",
                                                 "1", "--out", f"{name}.recon.png"], tmp_path)}
             print(name, out[name], flush=True)
-        detectors = int((limits.max_pixels // CT_PIXEL_COST) ** 0.5)  # CT's own limit on its slices
-        np.save(tmp_path / "sino.npy", rng.random((detectors, 4)).astype(np.float32))
-        out["sinogram_at_limit"] = {"detectors": detectors, "views": 4, **peak_fit(
-            ["--threads", "2", "fit", "sino.npy", "--task", "ct", "--init", "random", "--steps", "1", "--out",
-             "sino.recon.png"], tmp_path)}
-        print("sinogram", out["sinogram_at_limit"], flush=True)
-        over = tmp_path / "over.png"
-        Image.fromarray(np.zeros((side + 1, side), np.uint8)).save(over)
-        out["image_over_limit"] = {"side": f"{side + 1}x{side}", **peak_fit(
-            ["fit", "over.png", "--init", "random", "--steps", "1"], tmp_path)}
+        if "sinogram_at_limit" in which:
+            detectors = int((limits.max_pixels // CT_PIXEL_COST) ** 0.5)  # CT's own limit on its slices
+            np.save(tmp_path / "sino.npy", rng.random((detectors, 4)).astype(np.float32))
+            out["sinogram_at_limit"] = {"detectors": detectors, "views": 4, **peak_fit(
+                ["--threads", "2", "fit", "sino.npy", "--task", "ct", "--init", "random", "--steps", "1", "--out",
+                 "sino.recon.png"], tmp_path)}
+            print("sinogram", out["sinogram_at_limit"], flush=True)
+        if "image_over_limit" in which:
+            over = tmp_path / "over.png"
+            Image.fromarray(np.zeros((side + 1, side), np.uint8)).save(over)
+            out["image_over_limit"] = {"side": f"{side + 1}x{side}", **peak_fit(
+                ["fit", "over.png", "--init", "random", "--steps", "1"], tmp_path)}
+        view = ViewsConfig().resolution  # files are resized to it: what a views input holds
+        frames = limits.max_pixels // view ** 2
+        for name, count in (("views_at_limit", frames), ("views_over_limit", frames + 1)):
+            if name not in which:
+                continue
+            tic = time.perf_counter()
+            file = views_file(tmp_path / name, count, view)
+            made = round(time.perf_counter() - tic, 1)
+            out[name] = {"frames": count, "side": view, "pixels": count * view ** 2, "files_written_s": made,
+                         "n_samples": 2, **peak_fit(["--threads", "2", "fit", str(file), "--task", "views", "--init",
+                                                     "random", "--steps", "1", "--n-samples", "2", "--out",
+                                                     f"{name}.recon.png"], tmp_path)}
+            print(name, out[name], flush=True)
     return out
+
+
+def carried_over(path: Path, measured: dict, which: tuple[str, ...]) -> dict:
+    """``measured`` with the inputs not in ``which`` taken from the existing result file, marked."""
+    try:
+        old = json.loads(path.read_text()).get("worst_inputs") or {}
+    except (OSError, ValueError):
+        old = {}
+    commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", str(path)], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip()
+    for name in MEASURES:
+        if name not in which and isinstance(old.get(name), dict):
+            measured[name] = {**old[name], "carried_over": f"measured by an earlier run ({commit or 'unknown'})"}
+    return measured
 
 
 def main() -> None:
@@ -125,8 +190,15 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=1000, help="random cases per seed")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--skip-memory", action="store_true", help="only the hostile cases")
+    parser.add_argument("--memory", default=",".join(MEASURES),
+                        help=f"the worst inputs to measure (default: all of {','.join(MEASURES)}); the others are "
+                        "carried over from --out")
     parser.add_argument("--out", default="benchmarks/results/robustness.json")
     args = parser.parse_args()
+    which = tuple(n for n in args.memory.split(",") if n)
+    unknown = sorted(set(which) - set(MEASURES))
+    if unknown:
+        parser.error(f"unknown --memory inputs {unknown}; choose from {','.join(MEASURES)}")
     tic = time.perf_counter()
     outcomes = hostile_cases(args.random, [int(s) for s in args.seeds.split(",")])
     kinds = collections.Counter(" ".join(o["name"].split(" ")[:2]) if o["name"].startswith(("meta-train", "fit "))
@@ -140,7 +212,7 @@ def main() -> None:
         "named": [{k: o[k] for k in ("name", "code", "clean", "message")} for o in outcomes if o["named"]],
         "random_kinds": dict(kinds),
         "not_clean": [o for o in outcomes if not o["clean"]],
-        "worst_inputs": None if args.skip_memory else worst_inputs(),
+        "worst_inputs": None if args.skip_memory else carried_over(Path(args.out), worst_inputs(which), which),
         "seconds": None,
     }
     result["seconds"] = round(time.perf_counter() - tic, 1)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from hostile_files import HARDENING_II, setup_file, views_file
 
 HOSTILE_NUMBERS = ["0", "-1", "1", "2", "nan", "inf", "-inf", "1e30", "-1e30", "1e-30", "abc", "", "3.7",
                    "99999999999", "0x10", "1,2", "1e309", "-0"]
@@ -37,6 +38,9 @@ IMAGE_OPTIONS = ["--steps", "--batch-size", "--outer-lr", "--clip", "--inner-ste
 FIT_OPTIONS = ["--steps", "--lr", "--rescale", "--resolution", "--channels", "--max-pixels", "--max-params"]
 TINY_TRAIN = ["--data", "faces", "--resolution", "8", "--width", "8", "--depth", "3", "--steps", "2",
               "--batch-size", "2", "--inner-steps", "1"]
+TINY_VIEWS = ["--task", "views", "--data", "chairs", "--resolution", "8", "--views", "2", "--count", "2",
+              "--val-count", "1", "--width", "8", "--depth", "2", "--batch-size", "1", "--rays", "16", "--n-samples",
+              "4", "--eval-steps", "1", "--steps", "1"]
 
 
 PRISTINE = ".pristine"
@@ -116,9 +120,13 @@ def make_sandbox(root: Path) -> Path:
     write_wav(inp / "tone.wav", np.sin(np.arange(800) / 5.0).astype(np.float32), 8000)
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         code = main(["meta-train", *TINY_TRAIN, "--run", str(root / "in" / "run")])
-    assert code == 0, "the sandbox's run failed"
+        code += main(["meta-train", *TINY_VIEWS, "--run", str(root / "views_run")])
+    assert code == 0, "the sandbox's runs failed"
     shutil.copy(inp / "run" / "checkpoint.safetensors", inp / "ckpt.safetensors")
+    shutil.copy(root / "views_run" / "checkpoint.safetensors", inp / "views.safetensors")
+    shutil.rmtree(root / "views_run")
     (inp / "run" / ".lock").unlink()
+    views_file(inp / "scene", 3, 8)
     shutil.copytree(inp, root / PRISTINE)
     return root
 
@@ -136,7 +144,7 @@ def _setup(root: Path, kind: str, rng: random.Random) -> None:
         for _ in range(rng.randint(1, 4)):
             data[rng.randrange(len(data))] = rng.randrange(256)
         (mut / "m.safetensors").write_bytes(bytes(data))
-    elif kind in ("meta-json", "huge-width", "nan-lr"):
+    elif kind in ("meta-json", "huge-width", "nan-lr", "huge-inner-steps", "huge-eval-steps", "tampered-count"):
         head = json.loads(ckpt[8:8 + header])
         meta = json.loads(head["__metadata__"]["metainr"])
         if kind == "meta-json":
@@ -144,6 +152,15 @@ def _setup(root: Path, kind: str, rng: random.Random) -> None:
         else:
             if kind == "huge-width":
                 meta["field"]["width"] = 10 ** 9
+            elif kind == "huge-inner-steps":
+                meta["learner"]["config"]["inner_steps"] = 10 ** 9
+            elif kind == "huge-eval-steps":
+                meta["train"]["eval_steps"] = 10 ** 9
+            elif kind == "tampered-count":
+                where = rng.choice([meta["learner"]["config"], meta["train"], meta["task"]])
+                key = rng.choice(sorted(k for k, v in where.items() if isinstance(v, int) and not isinstance(v, bool))
+                                 or ["steps"])
+                where[key] = rng.choice([10 ** 9, 10 ** 18, -1, 0, 2.5, "9", None, True])
             else:
                 meta["learner"]["config"]["inner_lr"] = float("nan")
             text = json.dumps(meta)
@@ -151,6 +168,8 @@ def _setup(root: Path, kind: str, rng: random.Random) -> None:
         blob = json.dumps(head).encode()
         blob += b" " * (-len(blob) % 8)
         (mut / "m.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob + ckpt[8 + header:])
+    elif setup_file(kind, inp, mut, rng):  # hardening II's files: views, CT arrays, images, temps
+        pass
     elif kind == "truncated-png":
         data = (inp / "rgb.png").read_bytes()
         (mut / "m.png").write_bytes(data[: rng.randrange(0, len(data))])
@@ -274,6 +293,7 @@ def named_cases() -> list[Case]:
         Case("audio fit writes WAV + plot", ["fit", "in/tone.wav", "--init", "random", "--task", "audio",
                                              "--sample-rate", "8000", "--steps", "1", "--out", "out/t.wav"],
              ["out/t.wav", "out/t.png"]),
+        *(Case(*case) for case in HARDENING_II),
         Case("CT below 32^2 with validation", ["meta-train", "--task", "ct", "--resolution", "16", "--steps", "2",
                                                "--count", "4", "--val-count", "2", "--eval-every", "1",
                                                "--eval-steps", "1", *run], ["out/run"]),
@@ -298,12 +318,23 @@ def random_cases(n: int, seed: int = 0) -> list[Case]:
                     option, value]
             cases.append(Case(f"fit {init} {option} {value!r}", argv, [f"out/f{i}.png"]))
         else:
-            kind = rng.choice(["truncated-ckpt", "flipped-ckpt", "truncated-png", "flipped-png", "bad-npy"])
-            if kind.endswith("ckpt"):
+            kind = rng.choice(["truncated-ckpt", "flipped-ckpt", "truncated-png", "flipped-png", "bad-npy",
+                               "views-file", "ct-array", "tampered-count"])
+            if kind == "views-file":
+                init = rng.choice([["--init", "random", "--task", "views"], ["--init", "in/views.safetensors"]])
+                argv = ["fit", "mut/v/transforms.json", *init, "--steps", "1", "--resolution", "8", "--out",
+                        f"out/f{i}.png"]
+            elif kind == "ct-array":
+                argv = ["fit", "mut/m.npy", "--init", "random", "--task", "ct", "--steps", "1", "--out",
+                        f"out/f{i}.png"]
+            elif kind == "tampered-count":
+                argv = ["fit", "in/face.png", "--init", "mut/m.safetensors", "--out", f"out/f{i}.png",
+                        *rng.choice([[], ["--steps", "1"]])]
+            elif kind.endswith("ckpt"):
                 argv = ["fit", "in/face.png", "--init", "mut/m.safetensors", "--steps", "1", "--out", f"out/f{i}.png"]
             elif kind.endswith("png"):
                 argv = ["fit", "mut/m.png", "--init", "random", "--steps", "1", "--out", f"out/f{i}.png"]
-            else:
+            elif kind == "bad-npy":
                 argv = ["fit", "mut/m.npy", "--init", "random", "--task", "ct", "--steps", "1", "--out",
                         f"out/f{i}.png"]
             cases.append(Case(f"{kind} #{i}", argv, [f"out/f{i}.png", f"out/f{i}.npy"], setup=kind))

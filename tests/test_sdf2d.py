@@ -95,7 +95,7 @@ def test_cli_fit_writes_the_image_and_its_level_set(tmp_path, cli):
     _, mask = _disc(40, 0.5)
     Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "m.png")
     code, out, err = cli("fit", tmp_path / "m.png", "--init", "random", "--task", "sdf2d", "--steps", "30", "--json",
-                         "--resolution", "16")
+                         "--resolution", "16", "--record", "0")
     assert code == 0, err
     report = json.loads(out)
     assert report["final_psnr"] > report["psnr"][0]

@@ -283,7 +283,8 @@ def test_meta_train_then_fit_a_nerf_synthetic_folder_from_the_cli(tmp_path, cli)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 3 and math.isfinite(records[-1]["val_psnr"])
     file = _write_scene(tmp_path / "scene", box_objects("chairs", "test", 1, 3, SIDE))
-    code, out, err = cli("fit", file, "--init", ckpt, "--input-views", 1, "--out", tmp_path / "x.png", "--json")
+    code, out, err = cli("fit", file, "--init", ckpt, "--input-views", 1, "--out", tmp_path / "x.png", "--json",
+                         "--record", "0,1")
     assert code == 0, err
     report = json.loads(out)
     assert report["task"] == "views" and report["steps"][-1] == 2 and len(report["psnr"]) == 3

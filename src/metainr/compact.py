@@ -36,8 +36,7 @@ def export_compact(path: str | Path, field: Field, params: Params, info: dict | 
         tensors[f"{name}.mask_bits"] = torch.from_numpy(np.packbits(mask.flatten().numpy()))
         tensors[f"{name}.bias"] = params[f"{name}.bias"].detach().float()
     config = dataclasses.replace(field.config, rwf=False)
-    save_tensors(path, tensors, {**(info or {}), "compact": True, "field": config.to_dict()})
-    return Path(path).stat().st_size
+    return save_tensors(path, tensors, {**(info or {}), "compact": True, "field": config.to_dict()})
 
 
 def load_compact(path: str | Path) -> tuple[Field, Params]:

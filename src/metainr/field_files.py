@@ -64,8 +64,7 @@ def save_field(path: str | Path, field: nn.Module, params: Mapping[str, Tensor],
     one = {n: p.detach().cpu() for n, p in params.items()}
     if compact:
         return export_compact(path, field.cpu(), one, meta)
-    save_tensors(path, one, {"field": field.config.to_dict(), **meta})
-    return Path(path).stat().st_size
+    return save_tensors(path, one, {"field": field.config.to_dict(), **meta})
 
 
 def load_field(path: str | Path, device: torch.device | str = "cpu") -> FittedField:

@@ -7,8 +7,13 @@ naming the limit and the CLI option that raises it. Inputs under the limits are 
 bounded memory (fits and renders are chunked over query rows), so a limit is about what a user
 asked for, not about what fits in memory at once.
 
+Limits apply to an input as a whole: every frame of a views file, every clip of a folder, every
+sample of a sound; metadata files (a views file's JSON, an angles list) are size-checked before they
+are parsed; the step count a checkpoint declares for a fit is bounded too (``--steps`` sets any).
+
 The limits in force are a context variable: the CLI sets them from ``--max-pixels`` /
-``--max-params`` / ``--max-signals``; library users call :func:`use_limits` (a context manager) or keep the defaults.
+``--max-params`` / ``--max-signals`` / ``--max-metadata-bytes``; library users call
+:func:`use_limits` (a context manager) or keep the defaults.
 """
 from __future__ import annotations
 
@@ -31,9 +36,14 @@ class Limits:
     """largest field (or hypernetwork) in parameters, as its config declares it"""
     max_signals: int = 100_000
     """largest dataset in signals (files in a folder, procedural counts): datasets are held in memory"""
+    max_metadata_bytes: int = 16 << 20
+    """largest metadata file in bytes (a views file's JSON, an angles list), checked before it is parsed"""
+    max_steps: int = 100_000
+    """most fitting steps a checkpoint may declare as its default (its inner loop or validation fits);
+    a caller who gives the step count (``fit --steps``) is not bounded"""
 
     def __post_init__(self) -> None:
-        if min(self.max_pixels, self.max_params, self.max_signals) < 1:
+        if min(self.max_pixels, self.max_params, self.max_signals, self.max_metadata_bytes, self.max_steps) < 1:
             raise ValueError(f"limits must be positive, got {self}")
 
 
@@ -93,3 +103,21 @@ def check_params(count: int, what: str) -> None:
     if count > limit:
         raise MetaINRError(f"{what} has {count:,} parameters, over the limit of {limit:,} (raise it with "
                            "--max-params, or metainr.limits.use_limits(max_params=...))")
+
+
+def check_metadata_size(size: int, what: str) -> None:
+    """Raise a one-line MetaINRError if the metadata file ``what`` holds more than
+    ``max_metadata_bytes`` bytes (checked before it is read and parsed)."""
+    limit = current_limits().max_metadata_bytes
+    if size > limit:
+        raise MetaINRError(f"{what} is {size:,} bytes, over the limit of {limit:,} for a metadata file (raise it with "
+                           "--max-metadata-bytes, or metainr.limits.use_limits(max_metadata_bytes=...))")
+
+
+def check_steps(count: int, what: str) -> None:
+    """Raise a one-line MetaINRError if ``what`` declares more fitting steps than ``max_steps``
+    (a default step count from a checkpoint: the caller can always give its own)."""
+    limit = current_limits().max_steps
+    if count > limit:
+        raise MetaINRError(f"{what} declares {count:,} fitting steps, over the limit of {limit:,} for a default (give "
+                           "the steps yourself: fit / encode --steps N, or metainr.limits.use_limits(max_steps=...))")

@@ -23,12 +23,13 @@ import torch
 
 from .. import __version__
 from ..device import resolve_device
-from ..errors import MetaINRError
+from ..errors import BadOption, MetaINRError
 from ..limits import Limits, use_limits
 from ..meta import learner_names
-from ..tasks import TASKS
+from ..tasks import TASKS, build_task
 from . import fitting, plots, render, store, train, zoo
 from .common import DEFAULT_TASK, Selection, preset
+from .console import interrupted_message, setup_logging, warnings_as_notes
 from .options import Parser, positive_int
 
 log = logging.getLogger("metainr")
@@ -69,6 +70,7 @@ def _first_parser() -> Parser:
         p.add_argument("--max-pixels", default=None)
         p.add_argument("--max-params", default=None)
         p.add_argument("--max-signals", default=None)
+        p.add_argument("--max-metadata-bytes", default=None)
         p.add_argument("--task", choices=sorted(TASKS), default=None)
         if verb == "meta-train":
             p.add_argument("--learner", choices=learner_names(), default=None)
@@ -84,7 +86,7 @@ def limits_of(argv: list[str]) -> Limits:
     positive integer: the full parse reports those)."""
     first, _ = _first_parser().parse_known_args(argv)
     given = {}
-    for name in ("max_pixels", "max_params", "max_signals"):
+    for name in ("max_pixels", "max_params", "max_signals", "max_metadata_bytes"):
         try:
             value = int(getattr(first, name, None) or 0)
         except ValueError:
@@ -111,6 +113,10 @@ def select(argv: list[str]) -> Selection:
         spec = sel.loaded[1].get("task")
         if not spec or spec.get("name") not in TASKS:
             raise MetaINRError(f"{first.init} names no known task (a checkpoint of an older metainr?)")
+        try:
+            build_task(spec)  # a tampered task config is the checkpoint's fault: named here
+        except ValueError as exc:
+            raise MetaINRError(f"{first.init}: unusable task config in checkpoint ({exc})") from None
         if first.task and first.task != spec["name"]:
             raise MetaINRError(f"{first.init} was trained on task '{spec['name']}'; --task only applies to --init "
                                "random")
@@ -140,19 +146,23 @@ def build_parser(sel: Selection | None = None) -> Parser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``metainr`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    verb = None
     try:
-        with use_limits(limits_of(argv)):
+        with use_limits(limits_of(argv)), warnings_as_notes():
             sel = select(argv)
+            verb = sel.command
             args = build_parser(sel).parse_args(argv)
-            logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+            setup_logging(args.verbose)
             if args.threads:
                 torch.set_num_threads(args.threads)
             return COMMANDS[args.command](args, sel)
     except MetaINRError as exc:
-        return _error(str(exc))
+        return _error(str(exc), 2 if isinstance(exc, BadOption) else 1)
+    except RecursionError:  # a reader that let a deeply nested file through
+        return _error("an input is nested too deeply to read (RecursionError)")
     except OSError as exc:  # a file we were asked to read or write (permissions, full disk, ...)
-        where = f" {exc.filename}" if exc.filename else ""
-        return _error(f"{exc.strerror or errno.errorcode.get(exc.errno or 0, type(exc).__name__)}:{where}"
+        where = f": {exc.filename}" if exc.filename else f" (during {verb or 'start-up'})"
+        return _error(f"{exc.strerror or errno.errorcode.get(exc.errno or 0, type(exc).__name__)}{where}"
                       if exc.strerror or exc.errno else f"{type(exc).__name__}: {exc}")
     except (MemoryError, torch.OutOfMemoryError) as exc:
         return _error(f"out of memory ({' '.join(str(exc).split())[:160] or 'MemoryError'}); use smaller inputs or "
@@ -162,13 +172,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _error(f"out of memory ({' '.join(str(exc).split())[:160]}); use smaller inputs or sizes")
     except KeyboardInterrupt:
-        print("metainr: interrupted (the last checkpoint is kept)", file=sys.stderr)
+        print(interrupted_message(verb), file=sys.stderr)
         return 130
 
 
-def _error(message: str) -> int:
+def _error(message: str, code: int = 1) -> int:
     print(f"metainr: error: {' '.join(message.split())}", file=sys.stderr)
-    return 1
+    return code
 
 
 __all__ = ["COMMANDS", "build_parser", "main", "select"]

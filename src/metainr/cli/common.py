@@ -10,7 +10,7 @@ import argparse
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -20,7 +20,8 @@ from ..meta import Learner, TestRule
 from ..start import Start, learner_start, random_start, rule_with
 from ..tasks import TASKS, Batch, Preset, Task, build_task, field_dims, for_field
 from ..limits import Limits
-from .options import add_config_args, config_from_args, finite_float, given_options, positive_float, positive_int
+from .options import (add_config_args, checked_config, config_from_args, finite_float, given_options, positive_float,
+                      positive_int)
 
 DEFAULT_TASK = "image"
 FIELD_OPTIONS = dict(rename={"kind": "field", "seed": "field-seed"},
@@ -74,7 +75,10 @@ def add_device(parser: argparse.ArgumentParser, taken: set[str]) -> None:
     parser.add_argument("--max-signals", type=positive_int, default=None, metavar="N",
                         help=f"largest dataset in signals (files of a folder, procedural counts; default: "
                              f"{defaults.max_signals:,})")
-    taken.update({"device", "max-pixels", "max-params", "max-signals"})
+    parser.add_argument("--max-metadata-bytes", type=positive_int, default=None, metavar="N",
+                        help=f"largest metadata file an input may have, checked before it is parsed (a views "
+                             f"file's transforms JSON, an angles list; default: {defaults.max_metadata_bytes:,})")
+    taken.update({"device", "max-pixels", "max-params", "max-signals", "max-metadata-bytes"})
 
 
 def add_task_args(parser: argparse.ArgumentParser, task: str, taken: set[str], base: Any = None) -> None:
@@ -88,8 +92,21 @@ def add_field_args(parser: argparse.ArgumentParser, task: str, taken: set[str], 
                     taken=taken, title=title, **FIELD_OPTIONS)  # type: ignore[arg-type]
 
 
-def given_task_options(args: argparse.Namespace, task: str) -> dict[str, Any]:
-    return given_options(args, TASKS[task].Config, "task")
+def given_task_options(args: argparse.Namespace, sel: Selection | str,
+                       spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The task options given on the command line, checked on top of the task config they change
+    (``spec``: a checkpoint's task spec; with a selection, its checkpoint's): a bad value is a
+    :class:`BadOption` (exit code 2) naming the option, never blamed on the checkpoint."""
+    task = sel if isinstance(sel, str) else sel.task
+    if spec is None and isinstance(sel, Selection) and sel.loaded is not None:
+        spec = sel.loaded[1].get("task")
+    given = given_options(args, TASKS[task].Config, "task")
+    if given:
+        base = {k: v for k, v in dict(spec or {}).items() if k != "name"}
+        cls = TASKS[task].Config
+        with contextlib.suppress(ValueError):  # a checkpoint's own bad config is reported where it is read
+            checked_config(cls, "task", base, given, make=cls.from_dict)
+    return given
 
 
 def settle(task: Task, batch: Batch) -> Task:
@@ -122,7 +139,7 @@ def fielded(args: argparse.Namespace, task: Task) -> Task:
 def chosen_task(args: argparse.Namespace, sel: Selection) -> Task:
     """The task of a fit: the checkpoint's (``--init CKPT``) or ``--task``'s (random), with the
     task options given on top."""
-    given = given_task_options(args, sel.task)
+    given = given_task_options(args, sel)
     if sel.loaded is None:
         with user_errors():
             return fielded(args, build_task(sel.task, **given))

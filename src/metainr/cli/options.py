@@ -20,6 +20,8 @@ import types
 import typing
 from typing import Any, Callable, Iterable, Mapping
 
+OPTION_NAMES: dict[str, str] = {}
+"""dest (``{group}.{field}``) -> the option a user types for it, as the parser last built named it"""
 POSITIVE_FIELDS = frozenset({"resolution", "count", "val_count"})
 """Sizes: in some configs 0 means "automatic", never a value a user types, so a user who gives one
 gives a positive integer (a field's ``metadata={"positive": True}`` asks for the same)."""
@@ -187,6 +189,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, group: str, *,
             kwargs.pop("metavar", None)
             kwargs["choices"] = list(choices[f.name])
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        OPTION_NAMES[f"{group}.{f.name}"] = f"--{name}"
         grp.add_argument(f"--{name}", dest=f"{group}.{f.name}", default=None,
                          help=f"{doc} (default: {shown})".replace("%", "%%"), **kwargs)
 
@@ -209,5 +212,45 @@ def given_options(args: argparse.Namespace, cls: type, group: str) -> dict[str, 
 
 def config_from_args(args: argparse.Namespace, cls: type, group: str, base: Mapping[str, Any] | None = None,
                      **fixed: Any) -> Any:
-    """``cls`` from its defaults, then ``base`` (preset values), then the options given, then ``fixed``."""
-    return cls(**{**(base or {}), **given_options(args, cls, group), **fixed})
+    """``cls`` from its defaults, then ``base`` (preset values), then the options given, then
+    ``fixed`` (see :func:`checked_config`: a bad option is a :class:`BadOption`)."""
+    return checked_config(cls, group, base, given_options(args, cls, group), fixed)
+
+
+def option_name(group: str, name: str) -> str:
+    """The option a user types for field ``name`` of ``group``."""
+    return OPTION_NAMES.get(f"{group}.{name}", f"--{name.replace('_', '-')}")
+
+
+def checked_config(cls: type, group: str, base: Mapping[str, Any] | None = None,
+                   given: Mapping[str, Any] | None = None, fixed: Mapping[str, Any] | None = None,
+                   make: Callable[[dict[str, Any]], Any] | None = None) -> Any:
+    """``make({**base, **given, **fixed})`` (default ``cls(**...)``). When that raises ValueError
+    and the config builds without the options ``given`` (what a user typed), the options are at
+    fault: :class:`BadOption` (exit code 2) naming them and why. Otherwise the ValueError is
+    raised as it is (the base, e.g. a checkpoint's config, is at fault)."""
+    from ..errors import BadOption
+
+    build = make or (lambda values: cls(**values))
+    base, given, fixed = dict(base or {}), dict(given or {}), dict(fixed or {})
+    try:
+        return build({**base, **given, **fixed})
+    except ValueError as exc:
+        error = exc
+    if given and _builds(build, {**base, **fixed}):
+        culprits = [k for k in given if not _builds(build, {**base, k: given[k], **fixed})] or list(given)
+        names = ", ".join(f"{option_name(group, k)} {_shown(given[k])}" for k in culprits)
+        raise BadOption(f"{names}: {' '.join(str(error).split())}") from None
+    raise error
+
+
+def _builds(build: Callable[[dict[str, Any]], Any], values: dict[str, Any]) -> bool:
+    try:
+        build(values)
+    except ValueError:
+        return False
+    return True
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import MetaINRError
 from ..disk import check_outputs
+from ..json_files import read_json
 from ..tasks import build_task
 from ..train.rundir import own
 from .common import Selection, add_device, add_task_args, given_task_options, run_checkpoint, user_errors
@@ -36,8 +37,8 @@ def add_parsers(sub: argparse._SubParsersAction, sel: Selection) -> None:
 def run_task(run: str | Path) -> str | None:
     """The task name a run directory was trained on (its config.json), None when unreadable."""
     try:
-        return json.loads((Path(run) / "config.json").read_text())["task"]["name"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_json(Path(run) / "config.json", "run config")["task"]["name"]
+    except (MetaINRError, KeyError, TypeError):  # size-checked, never a RecursionError
         return None
 
 
@@ -78,7 +79,7 @@ def _plot_selected(args: argparse.Namespace, sel: Selection) -> int:
     if not meta.get("task"):
         raise MetaINRError(f"{ckpt} names no task")
     with user_errors(f"{ckpt}: "):
-        task = build_task(meta["task"], **given_task_options(args, meta["task"]["name"]))
+        task = build_task(meta["task"], **given_task_options(args, meta["task"]["name"], meta["task"]))
     with user_errors():
         if Path(args.selected).exists() or Path(args.selected).suffix:
             batch = task.read(args.selected)

@@ -17,8 +17,9 @@ import torch
 
 from ..errors import MetaINRError
 from ..functional import field_function
-from ..disk import atomic_write_bytes, check_outputs, load_meta
+from ..disk import atomic_group, atomic_write_bytes, check_outputs, load_meta
 from ..tasks import Renderable, build_task, require
+from ..zoo import PREFIX, resolve_checkpoint
 from .common import Selection, add_device, user_errors
 from .options import positive_int
 
@@ -28,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction, sel: Selection) -> None:
                        description="Render a checkpoint's learned init or a fitted field (fit --save-field) as N "
                                    "frames, from cameras on a turntable or at times evenly over a clip: a PNG strip "
                                    "and an animated GIF.")
-    p.add_argument("source", help="a checkpoint or a fitted field (.safetensors); its task comes with it")
+    p.add_argument("source", help="a checkpoint or a fitted field (.safetensors), or zoo:NAME; its task comes with "
+                   "it")
     p.add_argument("--views", type=positive_int, default=8,
                    help="frames: cameras around the object, or times over a clip (default: 8)")
     p.add_argument("--resolution", type=positive_int, default=None,
@@ -38,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction, sel: Selection) -> None:
     add_device(p, {"source", "views", "resolution", "out", "frame-ms"})
 
 
-def _field_and_params(path: str, device: torch.device) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict]:
+def _field_and_params(path: str | Path,
+                      device: torch.device) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict]:
     """(field, params of one signal, metadata with the task's spec) of a checkpoint or a fitted-field file."""
     from ..field_files import load_field
     from ..train import load_learner
@@ -53,10 +56,12 @@ def _field_and_params(path: str, device: torch.device) -> tuple[torch.nn.Module,
 def run_render(args: argparse.Namespace, sel: Selection) -> int:
     from PIL import Image
 
-    out = Path(args.out) if args.out else Path(args.source).with_suffix(".turntable.png")
+    source = resolve_checkpoint(args.source)  # zoo:NAME -> the packaged file; its outputs go to NAME.turntable.png
+    out = Path(args.out) if args.out else (Path(source.name) if str(args.source).startswith(PREFIX) else
+                                           source).with_suffix(".turntable.png")
     gif = out.with_suffix(".gif")
-    check_outputs([out, gif], [args.source])
-    field, params, meta = _field_and_params(args.source, sel.device or torch.device("cpu"))
+    check_outputs([out, gif], [source])
+    field, params, meta = _field_and_params(source, sel.device or torch.device("cpu"))
     if not meta.get("task"):
         raise MetaINRError(f"{args.source} names no task: render needs one with frames (views, sdf3d, video)")
     with user_errors(f"{args.source}: "):
@@ -64,12 +69,12 @@ def run_render(args: argparse.Namespace, sel: Selection) -> int:
         with torch.no_grad():
             views = require(task, Renderable).render(field_function(field), params, args.views)
     frames = (views.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)  # (V, H, W, 3)
-    buf = io.BytesIO()
-    Image.fromarray(np.concatenate(list(frames), axis=1)).save(buf, format="PNG")
-    atomic_write_bytes(out, buf.getvalue())
+    strip, animation = io.BytesIO(), io.BytesIO()
+    Image.fromarray(np.concatenate(list(frames), axis=1)).save(strip, format="PNG")
     images = [Image.fromarray(f) for f in frames]
-    buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=args.frame_ms, loop=0)
-    atomic_write_bytes(gif, buf.getvalue())
+    images[0].save(animation, format="GIF", save_all=True, append_images=images[1:], duration=args.frame_ms, loop=0)
+    with atomic_group():  # the strip and the GIF: both or neither (never a new strip beside an old GIF)
+        atomic_write_bytes(out, strip.getvalue())
+        atomic_write_bytes(gif, animation.getvalue())
     print(f"wrote {out} and {gif} ({args.views} views, task '{task.name}')", file=sys.stderr)
     return 0

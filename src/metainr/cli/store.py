@@ -78,7 +78,7 @@ def run_encode(args: argparse.Namespace, sel: Selection) -> int:
         with user_errors():
             summary = encode(args.data, args.init, args.store, steps=args.steps, split=args.split,
                              batch_size=args.batch_size, device=device, optimizer=args.optimizer, lr=args.lr,
-                             rescale=args.rescale, loaded=sel.loaded, **given_task_options(args, sel.task))
+                             rescale=args.rescale, loaded=sel.loaded, **given_task_options(args, sel))
     finally:
         close_world()
     if not world.main:

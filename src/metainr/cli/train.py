@@ -20,7 +20,7 @@ from ..train.distributed import World, close_world, init_world
 from ..train.rundir import BOARD_DIR
 from .common import (Selection, add_device, add_field_args, add_task_args, default_data, field_config, fielded,
                      first_batch, given_task_options, preset, settle, user_errors)
-from .options import add_config_args, given_options, positive_float, positive_int
+from .options import add_config_args, checked_config, config_from_args, given_options, positive_float, positive_int
 from .stopping import GracefulStop
 
 CONTEXT_OPTIONS = dict(rename={"policy": "context", "seed": "context-seed"}, choices={"policy": list(POLICIES)})
@@ -126,8 +126,10 @@ def _learner(args: argparse.Namespace, sel: Selection, task: Task, data: Any, fi
         with user_errors():
             tokens = require(task, Tokenizable).tokens(first_batch(task, data))
         defaults = {**defaults, DERIVED[0]: int(tokens.shape[1]), DERIVED[1]: int(tokens.shape[2])}
-    config = cls.Config(**{**defaults, **given})
-    context = dataclasses.replace(context, **given_options(args, ContextConfig, "context"))
+    config = checked_config(cls.Config, "learner", defaults, given)
+    context = checked_config(ContextConfig, "context", {f.name: getattr(context, f.name)
+                                                        for f in dataclasses.fields(ContextConfig)},
+                             given_options(args, ContextConfig, "context"))
     return build_learner(build_field(field_cfg), sel.learner, config=config, context=context)
 
 
@@ -141,7 +143,7 @@ def run(args: argparse.Namespace, sel: Selection) -> int:
 
 def _run(args: argparse.Namespace, sel: Selection, world: World) -> int:
     with user_errors():
-        task = build_task(sel.task, **given_task_options(args, sel.task))
+        task = build_task(sel.task, **given_task_options(args, sel))
     task = fielded(args, task)
     source = args.data or default_data(task)
     with user_errors():
@@ -151,10 +153,10 @@ def _run(args: argparse.Namespace, sel: Selection, world: World) -> int:
     task_preset = preset(task)
     with user_errors():
         train_given = given_options(args, TrainConfig, "train")
-        train_cfg = TrainConfig(**{**task_preset.train, **train_given})
+        train_cfg = checked_config(TrainConfig, "train", task_preset.train, train_given)
         if val is not None and "eval_every" not in train_given and "eval_every" not in task_preset.train:
             train_cfg = dataclasses.replace(train_cfg, eval_every=max(train_cfg.steps // 10, 1))
-        prune_cfg = PruneConfig(**given_options(args, PruneConfig, "prune"))
+        prune_cfg = config_from_args(args, PruneConfig, "prune")
         field_cfg = field_config(args, task, **({"sparse": True} if prune_cfg.rounds else {}))
         if args.target_params:
             field_cfg = dataclasses.replace(field_cfg, width=narrow_width(field_cfg, args.target_params))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import MetaINRError
+from ..errors import MetaINRError, not_found
 from ..limits import check_pixels, check_signals
 from .files import folder_files, read_npy
 
@@ -159,7 +159,7 @@ def _read_netcdf(file: Path, variable: str, every_step: bool) -> np.ndarray:
     except ImportError:
         raise MetaINRError(NETCDF_HINT) from None
     if not file.is_file():
-        raise MetaINRError(f"grid file not found: {file}")
+        raise not_found(file, "grid file")
     try:
         with xarray.open_dataset(file) as ds:
             candidates = [n for n, v in ds.data_vars.items() if _lat_lon_dims(v.dims)]

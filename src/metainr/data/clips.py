@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import MetaINRError
+from ..errors import MetaINRError, not_found
 from ..limits import check_pixels, check_signals
 from ..disk import atomic_write_bytes
 from .files import one_line_reason
@@ -197,7 +197,7 @@ def read_clip(path: str | Path, frames: int = 0, height: int = 0, width: int = 0
         raise MetaINRError(f"need frames >= 0, height and width both 0 (the file's size) or both positive, and "
                            f"channels 1 or 3; got {frames!r}, {height!r}x{width!r}, {channels!r}")
     if not path.exists():
-        raise MetaINRError(f"clip not found: {path}")
+        raise not_found(path, "clip")
     if not path.is_dir() and suffix not in CLIP_SUFFIXES:
         raise MetaINRError(f"cannot read clip {path}: unknown format {suffix!r} (expected "
                            f"{' or '.join(CLIP_SUFFIXES)}, or a folder of frame images)")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import MetaINRError
+from ..errors import MetaINRError, not_found
 from ..limits import check_signals
 from .files import read_npy
 
@@ -119,10 +119,7 @@ def _read_slice(path: Path) -> np.ndarray:
     outside [0, 1] (raw scanner units) are min-max scaled."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        array = read_npy(path, "slice")
-        if not np.issubdtype(array.dtype, np.number):
-            raise MetaINRError(f"{path}: expected a numeric array, got dtype {array.dtype}")
-        array = array.astype(np.float64)
+        array = read_npy(path, "slice").astype(np.float64)  # real numbers or booleans (read_npy refuses the rest)
     elif suffix == ".dcm":
         try:
             import pydicom
@@ -144,6 +141,8 @@ def _read_slice(path: Path) -> np.ndarray:
         raise MetaINRError(f"{path} holds NaN or infinite values")
     lo, hi = float(array.min()), float(array.max())
     if lo < 0.0 or hi > 1.0:  # raw scanner units: scale this file to [0, 1]
+        if not math.isfinite(hi - lo):  # a range past float64's: halve first
+            array, lo, hi = array / 2, lo / 2, hi / 2
         array = (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
     return array
 
@@ -156,7 +155,7 @@ def slice_folder(path: str | Path, size: int) -> Tensor:
 
     folder = Path(path)
     if not folder.is_dir():
-        raise MetaINRError(f"slice folder not found: {folder}")
+        raise not_found(folder, "slice folder", folder=True)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SLICE_SUFFIXES)
     if not files:
         raise MetaINRError(f"no slices ({', '.join(sorted(SLICE_SUFFIXES))}) in folder {folder}")

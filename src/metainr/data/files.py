@@ -8,18 +8,24 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import MetaINRError
+from ..errors import MetaINRError, not_found
 from ..limits import check_pixels, check_signals
 
 
-def read_npy(path: str | Path, what: str = "array") -> np.ndarray:
-    """The numeric array in a ``.npy`` file (no pickles). The header is read first: a shape whose
-    size is over ``max_pixels`` (:mod:`metainr.limits`) or whose data the file does not hold is
-    refused before anything is allocated. Every failure is a one-line :class:`MetaINRError`
-    naming the file as ``what`` (e.g. "sinogram")."""
+KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "c": "complex numbers"}
+"""numpy's dtype kinds, as an error names them"""
+
+
+def read_npy(path: str | Path, what: str = "array", kinds: str = "biuf") -> np.ndarray:
+    """The numeric array in a ``.npy`` file (no pickles). The header is read first: a dtype whose
+    kind is not one of ``kinds`` (numpy's letters: b bool, i / u integers, f floats, c complex;
+    default: real numbers and booleans), a shape whose size is over ``max_pixels``
+    (:mod:`metainr.limits`) or whose data the file does not hold is refused before anything is
+    allocated. Every failure is a one-line :class:`MetaINRError` naming the file as ``what``
+    (e.g. "sinogram") and, for a dtype, the dtype."""
     file = Path(path)
     if not file.is_file():
-        raise MetaINRError(f"{what} file not found: {file}")
+        raise not_found(file, f"{what} file")
     try:
         with open(file, "rb") as fh:
             version = np.lib.format.read_magic(fh)
@@ -30,6 +36,10 @@ def read_npy(path: str | Path, what: str = "array") -> np.ndarray:
             offset = fh.tell()
         if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
             raise ValueError(f"it holds {dtype} values, not numbers")
+        if dtype.kind not in kinds:
+            wanted = " or ".join(dict.fromkeys(KIND_NAMES[k] for k in kinds if k in KIND_NAMES))
+            raise MetaINRError(f"{what} {file} holds {KIND_NAMES.get(dtype.kind, 'other')} (dtype {dtype}); a {what} "
+                               f"must hold {wanted}")
         count = int(np.prod(shape, dtype=object)) if shape else 1
         check_pixels(count, f"{what} {file} {tuple(shape)}")
         if offset + count * dtype.itemsize > file.stat().st_size:
@@ -55,7 +65,7 @@ def folder_files(folder: str | Path, suffixes: Iterable[str], what: str) -> list
     folder = Path(folder)
     suffixes = {s.lower() for s in suffixes}
     if not folder.is_dir():
-        raise MetaINRError(f"{folder} is not a folder of {what}")
+        raise not_found(folder, f"folder of {what}", folder=True)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
     if not files:
         raise MetaINRError(f"no {what} ({', '.join(sorted(suffixes))}) in folder {folder}")
@@ -65,16 +75,18 @@ def folder_files(folder: str | Path, suffixes: Iterable[str], what: str) -> list
 
 def write_grey(png: str | Path, image: np.ndarray, npy: str | Path | None = None) -> None:
     """An image (H, W) of values in [0, 1] as an 8-bit grey PNG (clamped), and, with ``npy``, as
-    float32 .npy (not clamped), each written atomically."""
+    float32 .npy (not clamped), written atomically: both files or neither."""
     from PIL import Image
 
-    from ..disk import atomic_write_bytes
+    from ..disk import atomic_group, atomic_write_bytes
 
     image = np.asarray(image, dtype=np.float32)
-    buf = io.BytesIO()
-    Image.fromarray((image.clip(0, 1) * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG")
-    atomic_write_bytes(png, buf.getvalue())
+    picture = io.BytesIO()
+    Image.fromarray((image.clip(0, 1) * 255 + 0.5).astype(np.uint8)).save(picture, format="PNG")
+    array = io.BytesIO()
     if npy is not None:
-        buf = io.BytesIO()
-        np.save(buf, image, allow_pickle=False)
-        atomic_write_bytes(npy, buf.getvalue())
+        np.save(array, image, allow_pickle=False)
+    with atomic_group():
+        atomic_write_bytes(png, picture.getvalue())
+        if npy is not None:
+            atomic_write_bytes(npy, array.getvalue())

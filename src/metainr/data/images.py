@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import MetaINRError
+from ..errors import MetaINRError, not_found
 from ..limits import check_pixels, check_signals
+from .png import check_png_data
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -189,9 +190,12 @@ def _pil_decode(path: Path, rawmode: str) -> np.ndarray:
 
 
 def _read_pil(path: Path) -> np.ndarray:
-    """Pixels through Pillow at full depth: (H, W[, C]) bool, uint8, uint16, int32 or float32."""
+    """Pixels through Pillow at full depth: (H, W[, C]) bool, uint8, uint16, int32 or float32
+    (alpha kept; a palette image with transparency gives RGBA)."""
     with _open_pil(path) as im:
         _check_size(path, *im.size)
+        if im.format == "PNG":
+            check_png_data(path)
         rawmode = im.tile[0].args if im.format == "PNG" and len(im.tile) == 1 else None
         if rawmode == "LA;16B":  # no 16-bit LA unpacker: read each pixel's 4 bytes as R, G, B, A
             b = _pil_decode(path, "RGBA").astype(np.uint16)
@@ -202,7 +206,7 @@ def _read_pil(path: Path) -> np.ndarray:
             return (np.asarray(im).astype(np.uint16) << 8) | low
         if im.mode in ("1", "L", "LA", "RGB", "RGBA", "I", "F") or im.mode.startswith("I;16"):
             return np.asarray(im)
-        return np.asarray(im.convert("RGB"))  # palette, CMYK, YCbCr, ...
+        return np.asarray(im.convert("RGBA" if im.mode == "P" and "transparency" in im.info else "RGB"))  # CMYK, ...
 
 
 def _read_tiff(path: Path) -> np.ndarray | None:
@@ -224,31 +228,54 @@ def _read_tiff(path: Path) -> np.ndarray | None:
         return np.moveaxis(array, page.axes.index("S"), -1) if "S" in page.axes else array
 
 
-def load_image(path: str | Path, channels: int | None = None) -> Tensor:
-    """Read one image file as (H, W, C) in [0, 1], keeping its bit depth (8/16-bit, float).
-
-    Plain grey/RGB TIFFs (any sample type) are read with tifffile; everything else (PNG, JPEG,
-    BMP, WEBP, palette or LZW/JPEG-compressed TIFF, ...) with Pillow, 16-bit colour PNGs at full
-    depth. The declared size is checked against ``metainr.limits`` before any pixel is decoded.
-    Every failure is a one-line MetaINRError.
-    """
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header alone (no pixel is decoded)."""
     path = Path(path)
-    if not path.exists():
-        raise MetaINRError(f"image file not found: {path}")
     if not path.is_file():
-        raise MetaINRError(f"not an image file (a directory?): {path}")
+        raise not_found(path, "image file")
+    try:
+        with path.open("rb") as fp:
+            if fp.read(4) in _TIFF_MAGIC:
+                import tifffile
+
+                with tifffile.TiffFile(path) as tif:
+                    return tif.pages[0].imagewidth, tif.pages[0].imagelength
+        with _open_pil(path) as im:
+            return im.size
+    except MetaINRError:
+        raise
+    except Exception as exc:  # decoders raise many types on bad input
+        raise MetaINRError(f"cannot read image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+
+
+def read_pixels(path: str | Path) -> np.ndarray:
+    """One image file's pixels as stored: (H, W[, C]) at full depth (bool, uint8, uint16, int32,
+    float32, ...), alpha kept. The declared size is checked against ``metainr.limits`` before any
+    pixel is decoded, and data shorter than the header declares is refused (never read as zeros).
+    Every failure is a one-line MetaINRError."""
+    path = Path(path)
+    if not path.is_file():
+        raise not_found(path, "image file")
     try:
         with path.open("rb") as fp:
             is_tiff = fp.read(4) in _TIFF_MAGIC
         array = _read_tiff(path) if is_tiff else None
-        if array is None:
-            array = _read_pil(path)
+        return _read_pil(path) if array is None else array
     except MetaINRError:
         raise
     except Exception as exc:  # decoders raise many types (OSError, SyntaxError, ValueError, ...) on bad input
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise MetaINRError(f"cannot read image {path}: {detail}") from None
-    return to_float_image(array, channels, name=f"image {path}")
+
+
+def load_image(path: str | Path, channels: int | None = None) -> Tensor:
+    """Read one image file as (H, W, C) in [0, 1], keeping its bit depth (8/16-bit, float).
+
+    Plain grey/RGB TIFFs (any sample type) are read with tifffile; everything else (PNG, JPEG,
+    BMP, WEBP, palette or LZW/JPEG-compressed TIFF, ...) with Pillow, 16-bit colour PNGs at full
+    depth (see :func:`read_pixels`); alpha is dropped. Every failure is a one-line MetaINRError.
+    """
+    return to_float_image(read_pixels(path), channels, name=f"image {Path(path)}")
 
 
 def image_folder(path: str | Path, resolution: int, channels: int = 3) -> ImageDataset:
@@ -256,7 +283,7 @@ def image_folder(path: str | Path, resolution: int, channels: int = 3) -> ImageD
     _check_resolution(resolution)
     folder = Path(path)
     if not folder.is_dir():
-        raise MetaINRError(f"image folder not found: {folder}")
+        raise not_found(folder, "image folder", folder=True)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise MetaINRError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {folder}")

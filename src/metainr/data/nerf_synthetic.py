@@ -10,7 +10,6 @@ are opaque. Any problem with the input is a one-line :class:`MetaINRError` namin
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..errors import MetaINRError
+from ..errors import MetaINRError, not_found
+from ..json_files import read_json
 from ..limits import check_pixels, check_signals
 from .cameras import PosedViews, focal_from_fov
-from .images import load_image
+from .images import image_size, read_pixels, to_float_image
 
 NEAR, FAR = 2.0, 6.0
 """the depth range NeRF uses for NeRF-synthetic's scenes (cameras at radius ~4)"""
@@ -33,7 +33,7 @@ def transforms_file(folder: str | Path, split: str) -> Path:
     """``transforms_{split}.json`` in ``folder``, else its ``transforms.json``."""
     root = Path(folder)
     if not root.is_dir():
-        raise MetaINRError(f"NeRF-synthetic folder not found: {root}")
+        raise not_found(root, "NeRF-synthetic folder", folder=True)
     for name in (f"transforms_{split}.json", "transforms.json"):
         if (root / name).is_file():
             return root / name
@@ -45,13 +45,9 @@ def _number(value: Any) -> bool:
 
 
 def read_transforms(file: Path) -> tuple[float, list[tuple[Path, np.ndarray]]]:
-    """camera_angle_x and the frames (image path, c2w (4, 4) float64) of one transforms json."""
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise MetaINRError(f"{file}: malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MetaINRError(f"cannot read {file}: {exc}") from None
+    """camera_angle_x and the frames (image path, c2w (4, 4) float64) of one transforms json (its
+    size checked against ``max_metadata_bytes`` before it is parsed)."""
+    meta = read_json(file, "transforms file")
     if not isinstance(meta, dict):
         raise MetaINRError(f"{file}: expected a JSON object with 'camera_angle_x' and 'frames'")
     for key in ("camera_angle_x", "frames"):
@@ -77,10 +73,19 @@ def read_transforms(file: Path) -> tuple[float, list[tuple[Path, np.ndarray]]]:
         c2w = np.asarray(matrix, dtype=np.float64)
         if not np.all(np.isfinite(c2w)):
             raise MetaINRError(f"{file}: frame {i} transform_matrix holds NaN or infinite values")
+        if not _invertible(c2w[:3, :3]):
+            what = "all zeros" if not c2w[:3, :3].any() else "singular: its axes do not span 3D"
+            raise MetaINRError(f"{file}: frame {i} transform_matrix is not a camera pose (its rotation part is {what})")
         if not isinstance(frame["file_path"], str) or not frame["file_path"]:
             raise MetaINRError(f"{file}: frame {i} file_path must be a non-empty string")
         out.append((_image_path(file.parent, frame["file_path"]), c2w))
     return float(angle), out
+
+
+def _invertible(rotation: np.ndarray) -> bool:
+    """Whether a camera's 3x3 axes span 3D (a rotation, possibly scaled): rays through it are defined."""
+    scale = float(np.abs(rotation).max())
+    return scale > 0 and abs(float(np.linalg.det(rotation / scale))) > 1e-6
 
 
 def _image_path(root: Path, file_path: str) -> Path:
@@ -92,22 +97,39 @@ def _image_path(root: Path, file_path: str) -> Path:
 def read_rgba(path: Path, background: float) -> tuple[Tensor, Tensor]:
     """One image composited on ``background``: rgb (H, W, 3) and alpha (H, W), float32 in [0, 1].
 
-    Its size is checked against the pixel limit before it is decoded."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise MetaINRError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-            check_pixels(width * height, f"image {path} ({width}x{height})")
-            has_alpha = "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
-            alpha = np.asarray(im.convert("RGBA"))[..., 3] if has_alpha else None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise MetaINRError(f"cannot read image {path}: {exc}") from None
-    rgb = load_image(path, channels=3)
-    a = torch.ones(rgb.shape[:2]) if alpha is None else torch.from_numpy(alpha.astype(np.float32) / 255.0)
+    Its size is checked against the pixel limit before it is decoded (Pillow's own cap never
+    applies: ours does), and truncated data is refused (see :func:`metainr.data.images.read_pixels`)."""
+    array = read_pixels(path)
+    has_alpha = array.ndim == 3 and array.shape[-1] in (2, 4)
+    rgb = to_float_image(array, channels=3, name=f"image {path}")
+    a = to_float_image(array[..., -1], name=f"image {path}")[..., 0] if has_alpha else torch.ones(rgb.shape[:2])
     return rgb * a[..., None] + background * (1.0 - a[..., None]), a
+
+
+def _view_size(width: int, height: int, resolution: int | None) -> tuple[int, int]:
+    """(width, height) of a view of ``width`` x ``height`` pixels resized to ``resolution`` wide."""
+    if resolution is None or resolution == width:
+        return width, height
+    return resolution, max(1, round(height * resolution / width))
+
+
+def scene_samples(file: Path, resolution: int | None = None) -> int:
+    """Pixels of every view of one transforms json once read (resized to ``resolution``), from
+    its JSON and its first frame's header: what reading it will hold (every frame has the
+    first's size). No pixel is decoded."""
+    _, frames = read_transforms(file)
+    width, height = _view_size(*image_size(frames[0][0]), resolution)
+    return len(frames) * width * height
+
+
+def _check_scene(file: Path, frames: list[tuple[Path, np.ndarray]], resolution: int | None) -> None:
+    """The first frame's own size, then every frame's together (each has the first's size): before
+    any pixel is decoded."""
+    first = frames[0][0]
+    width, height = image_size(first)
+    check_pixels(width * height, f"image {first} ({width}x{height})")
+    w, h = _view_size(width, height, resolution)
+    check_pixels(len(frames) * w * h, f"transforms file {file} ({len(frames)} frames of {w}x{h}, all together)")
 
 
 def _resize(images: Tensor, height: int, width: int) -> Tensor:
@@ -141,8 +163,9 @@ def read_scene(file: str | Path, background: float = 1.0, resolution: int | None
         raise MetaINRError(f"need 0 <= near < far, got near={near}, far={far}")
     file = Path(file)
     if not file.is_file():
-        raise MetaINRError(f"transforms file not found: {file}")
+        raise not_found(file, "transforms file")
     angle, frames = read_transforms(file)
+    _check_scene(file, frames, resolution)  # the whole input, before decoding
     images, masks, size = [], [], None
     for path, _ in frames:
         rgb, alpha = read_rgba(path, background)
@@ -177,13 +200,15 @@ def nerf_synthetic_objects(folder: str | Path, split: str = "train", background:
     (after resizing to ``resolution``)."""
     root = Path(folder)
     if not root.is_dir():
-        raise MetaINRError(f"NeRF-synthetic folder not found: {root}")
+        raise not_found(root, "NeRF-synthetic folder", folder=True)
     if has_scene(root, split):
         return nerf_synthetic(root, split, background, resolution, near, far).as_set()
     scenes = sorted(d for d in root.iterdir() if d.is_dir() and has_scene(d, split))
     if not scenes:
         raise MetaINRError(f"{root} holds neither transforms_{split}.json / transforms.json nor subfolders with them")
     check_signals(len(scenes), f"the scenes of {root}")
+    total = sum(scene_samples(transforms_file(d, split), resolution) for d in scenes)
+    check_pixels(total, f"the scenes of {root} ({len(scenes)} scenes' views, all together)")
     objects = [nerf_synthetic(d, split, background, resolution, near, far) for d in scenes]
     first = objects[0]
     for d, v in zip(scenes, objects):

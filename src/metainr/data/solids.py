@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import MetaINRError
+from ..errors import MetaINRError, not_found
 from ..limits import check_signals
 from .files import folder_files
 from .images import grid_coords
@@ -186,7 +186,7 @@ def load_mesh_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     parsing) is a one-line MetaINRError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise MetaINRError(f"mesh file {path} does not exist or is not a file")
+        raise not_found(path, "mesh file")
     if path.stat().st_size > MAX_MESH_BYTES:
         raise MetaINRError(f"mesh file {path} has {path.stat().st_size:,} bytes, over the {MAX_MESH_BYTES:,} of "
                            "metainr.data.solids.MAX_MESH_BYTES (256 bytes for each of MAX_FACES triangles)")

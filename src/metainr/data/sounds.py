@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import MetaINRError
+from ..errors import MetaINRError, not_found
 from ..limits import check_pixels, check_signals
 from .files import folder_files, one_line_reason
 
@@ -217,7 +217,7 @@ def read_sound(path: str | Path, sample_rate: int = SAMPLE_RATE, length: int = 0
         raise MetaINRError(f"cannot read sound {file}: need a sample rate >= 1 and a length >= 0, "
                            f"got {sample_rate} and {length}")
     if not file.is_file():
-        raise MetaINRError(f"sound file not found: {file}")
+        raise not_found(file, "sound file")
     if length:
         check_pixels(length, f"sound {file} (length {length})")
     try:

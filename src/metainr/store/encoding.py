@@ -79,11 +79,9 @@ def encode(source: str | Path, init: str | Path, store: str | Path, *, steps: in
     if not isinstance(ckpt.get("task"), dict):
         raise ValueError(f"{init} names no task (a checkpoint of an older metainr?)")
     task = build_task(ckpt["task"], **task_options)
-    start = learner_start(learner, ckpt, task)
+    start = learner_start(learner, ckpt, task, init)
     rule = rule_with(start.rule, optimizer, lr, rescale)
-    steps = start.default_steps if steps is None else int(steps)
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    steps = start.steps(steps)
     signals = task.load(str(source), split)
     n = len(signals)
     if n == 0:

@@ -101,7 +101,7 @@ class Index:
             rows = self._conn.execute("SELECT key, value FROM meta").fetchall()
         try:
             meta = {str(k): json.loads(v) for k, v in rows}
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             raise MetaINRError(f"{self.path} is not a metainr field store index (unreadable meta values)") from None
         if meta.get("format") != STORE_FORMAT:
             raise MetaINRError(f"{self.path} is not a metainr field store index (no '{STORE_FORMAT}' format)")
@@ -180,7 +180,7 @@ class Index:
                   and all(isinstance(v, str) for v in (source, task, learner)) and _count(steps) and _count(size)
                   and isinstance(values, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                        for v in values.values()))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             ok = False
         if not ok:
             raise MetaINRError(f"{self.path}: a damaged signal row ({str(sid)[:60]!r})")

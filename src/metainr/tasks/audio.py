@@ -25,6 +25,7 @@ from torch import Tensor
 from ..config import Config
 from ..data.images import grid_coords
 from ..data.sounds import SAMPLE_RATE, from_unit, load_sounds, read_sound, to_unit, write_sound_plot, write_wav
+from ..disk import atomic_group
 from ..fields.config import FieldConfig
 from ..functional import FieldFn
 from ..limits import check_pixels, check_signals
@@ -140,11 +141,12 @@ class AudioTask(Task):
         if wave.dim() != 1:
             raise ValueError(f"a sound to write must be (L,), got {tuple(signal.shape)}")
         paths = self.output_paths(path)
-        for p in paths:
-            if p.suffix.lower() == ".wav":
-                write_wav(p, wave, self.config.sample_rate)
-            else:
-                write_sound_plot(p, wave, self.config.sample_rate)
+        with atomic_group():  # both files or neither
+            for p in paths:
+                if p.suffix.lower() == ".wav":
+                    write_wav(p, wave, self.config.sample_rate)
+                else:
+                    write_sound_plot(p, wave, self.config.sample_rate)
         return paths
 
     # -- capability: tokens (1D segments) ------------------------------------------------------------

@@ -118,6 +118,9 @@ class Preset:
     """how a fit from a random init runs"""
     data: str = "faces"
     """the dataset a verb uses when none is given"""
+    holdout: float = 0.0
+    """fraction of a file's observations a fit holds out to choose its step (``metainr fit``'s
+    ``--holdout``): > 0 where observations are sparse and a fit overfits them, 0 where they are dense"""
 
     def field_config(self, task: "Task", **overrides: Any) -> FieldConfig:
         """The preset's field for ``task`` (the dims it fixes: :func:`field_dims`), with ``overrides``."""

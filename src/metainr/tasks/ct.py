@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,8 +22,8 @@ from torch import Tensor, nn
 from ..config import Config
 from ..data.ct import _read_slice, circle_mask, load_ct_images, pixel_spacing, view_angles
 from ..data.files import read_npy, write_grey
-from ..errors import MetaINRError
-from ..limits import check_pixels, check_side, check_signals
+from ..errors import MetaINRError, not_found
+from ..limits import check_metadata_size, check_pixels, check_side, check_signals
 from ..fields.config import FieldConfig
 from ..functional import FieldFn
 from .base import Batch, Preset, Task, register_task
@@ -44,14 +45,17 @@ def parse_angles(text: str) -> np.ndarray:
     if text.endswith((".npy", ".txt")):
         path = Path(text)
         if text.endswith(".npy"):
-            values = read_npy(path, "angles")
+            values = read_npy(path, "angles", kinds="iuf")
         elif not path.is_file():
-            raise MetaINRError(f"angles file not found: {path}")
+            raise not_found(path, "angles file")
         else:
+            check_metadata_size(path.stat().st_size, f"angles file {path}")
             try:
-                values = np.loadtxt(path)
-            except (ValueError, OSError) as exc:
-                raise MetaINRError(f"cannot read angles from {path}: {exc}") from None
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # numpy warns (never raises) on an empty file
+                    values = np.loadtxt(path)
+            except (ValueError, OSError, UserWarning) as exc:
+                raise MetaINRError(f"cannot read angles from {path}: {' '.join(str(exc).split())[:200]}") from None
         try:
             values = np.asarray(values, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
@@ -80,16 +84,18 @@ def read_sinogram(path: str | Path) -> Tensor:
     file = Path(path)
     if file.is_file() and file.suffix.lower() != ".npy":
         raise MetaINRError(f"the sinogram must be a .npy array (n_detectors, n_views), got {file.name}")
-    array = read_npy(file, "sinogram")
+    array = read_npy(file, "sinogram", kinds="iuf")  # line integrals: a boolean or complex array is not one
     if array.ndim == 1:
         array = array[:, None]
-    if array.ndim != 2 or array.shape[0] < MIN_DETECTORS or not np.issubdtype(array.dtype, np.number):
-        raise MetaINRError(f"the sinogram must be a numeric (n_detectors >= {MIN_DETECTORS}, n_views) array, got "
+    if array.ndim != 2 or array.shape[0] < MIN_DETECTORS or array.shape[1] < 1:
+        raise MetaINRError(f"the sinogram {file} must be a (n_detectors >= {MIN_DETECTORS}, n_views >= 1) array, got "
                            f"shape {array.shape}")
     check_side(array.shape[0], f"sinogram {file}: {array.shape[0]} detectors make an image", CT_PIXEL_COST)
-    if not np.all(np.isfinite(array)):
-        raise MetaINRError(f"sinogram {file} holds NaN or infinite values")
-    return torch.from_numpy(array.astype(np.float32))
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = array.astype(np.float32)
+    if not np.all(np.isfinite(values)):
+        raise MetaINRError(f"sinogram {file} holds NaN or infinite values (or values beyond float32's range)")
+    return torch.from_numpy(values)
 
 
 def read_reference(path: str | Path, size: int) -> Tensor:
@@ -97,15 +103,17 @@ def read_reference(path: str | Path, size: int) -> Tensor:
     file = Path(path)
     if file.suffix.lower() == ".npy":
         array = read_npy(file, "reference")
-        if not np.issubdtype(array.dtype, np.number):
-            raise MetaINRError(f"the reference {file} must be numeric, got dtype {array.dtype}")
     elif not file.is_file():
-        raise MetaINRError(f"reference file not found: {file}")
+        raise not_found(file, "reference file")
     else:
         array = _read_slice(file)
     if array.shape != (size, size):
         raise MetaINRError(f"the reference must be {size}x{size} (the detector count), got shape {array.shape}")
-    return torch.from_numpy(array.astype(np.float32))
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = array.astype(np.float32)
+    if not np.all(np.isfinite(values)):
+        raise MetaINRError(f"the reference {file} holds NaN or infinite values (or values beyond float32's range)")
+    return torch.from_numpy(values)
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,8 @@ class CTConfig(Config):
         check_pixels(self.resolution * self.n_samples, f"a CT view of {self.resolution} rays x n_samples {self.n_samples}")
         check_pixels(self.resolution * self.dense_views, f"a sinogram of {self.resolution} detectors x dense_views "
                      f"{self.dense_views}")
+        check_pixels(self.resolution * max(self.val_views), f"a sinogram of {self.resolution} detectors x val_views "
+                     f"{max(self.val_views)}")
         check_signals(max(self.count, self.val_count), "ct-phantoms (count)")
         if self.angles and not self.angles.endswith((".npy", ".txt")):
             try:
@@ -181,7 +191,8 @@ class CTTask(Task):
     # steps (learnit's CT recipe) gave a better prior than MAML or Meta-SGD with 3 in equal trials
     preset = Preset(field=FieldConfig(kind="siren", width=64, depth=4, w0=10.0, w0_first=10.0, output_offset=0.1),
                     learner="reptile", learner_options={"inner_steps": 12, "inner_lr": 3e-2, "chunk_coords": 1 << 20},
-                    train={"outer_lr": 1e-3, "schedule": "cosine", "eval_steps": 50}, data="ct-phantoms")
+                    train={"outer_lr": 1e-3, "schedule": "cosine", "eval_steps": 50}, data="ct-phantoms",
+                    holdout=0.1)  # scans from few views: a fit overfits them (held-out stopping, metainr.fit)
 
     def __init__(self, config: CTConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)

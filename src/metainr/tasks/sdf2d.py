@@ -23,7 +23,7 @@ from ..fields.config import FieldConfig
 from ..functional import FieldFn
 from ..limits import check_side
 from ..metrics import psnr
-from ..disk import atomic_write_bytes
+from ..disk import atomic_group, atomic_write_bytes
 from .base import Batch, Preset, observe_batch, register_task
 from .distance import inside_iou, sdf_to_values
 from .image import ImageTask
@@ -115,7 +115,6 @@ class SDF2DTask(ImageTask):
 
         values = signal.detach().cpu().float().clamp(0, 1).numpy().reshape(signal.shape[0], signal.shape[1])
         image, outline = self.output_paths(path)
-        write_grey(image, values)
         big = np.asarray(Image.fromarray(values).resize((4 * values.shape[1], 4 * values.shape[0]), Image.BILINEAR))
         inside = big < 0.5
         edge = np.zeros_like(inside)
@@ -124,5 +123,7 @@ class SDF2DTask(ImageTask):
         picture = np.where(edge, 0, np.where(inside, 200, 255)).astype(np.uint8)
         buf = io.BytesIO()
         Image.fromarray(picture).save(buf, format="PNG")
-        atomic_write_bytes(outline, buf.getvalue())
+        with atomic_group():  # both files or neither
+            write_grey(image, values)
+            atomic_write_bytes(outline, buf.getvalue())
         return [image, outline]

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..config import Config
 from ..data.clips import load_clips, read_clip, write_gif, write_mp4, write_strip
+from ..disk import atomic_group
 from ..data.images import grid_coords
 from ..fields.config import FieldConfig
 from ..functional import FieldFn
@@ -199,14 +200,15 @@ class VideoTask(Task):
         if clip.dim() != 4:
             raise ValueError(f"a clip to write must be (T, H, W, C), got {tuple(signal.shape)}")
         paths = self.output_paths(path)
-        for p in paths:
-            suffix = p.suffix.lower()
-            if suffix == ".mp4":
-                write_mp4(p, clip, self.config.fps)
-            elif suffix == ".gif":
-                write_gif(p, clip, self.config.fps)
-            else:
-                write_strip(p, clip)
+        with atomic_group():  # every file or none
+            for p in paths:
+                suffix = p.suffix.lower()
+                if suffix == ".mp4":
+                    write_mp4(p, clip, self.config.fps)
+                elif suffix == ".gif":
+                    write_gif(p, clip, self.config.fps)
+                else:
+                    write_strip(p, clip)
         return paths
 
     # -- capabilities: render (frames in time), tokens (spatio-temporal patches) ----------------

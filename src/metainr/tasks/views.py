@@ -101,6 +101,8 @@ class ViewsConfig(Config):
             raise ValueError(f"need background in [0, 1], near, far >= 0 and near < far when both are set; got "
                              f"{self.background}, {self.near}, {self.far}")
         check_side(self.resolution, "a view of this resolution")
+        check_pixels(self.views * self.resolution ** 2, f"an object of {self.views} views of {self.resolution}x"
+                     f"{self.resolution}")
         check_pixels(self.rays * self.n_samples, f"{self.rays} rays x {self.n_samples} samples")
         check_signals(max(self.count, self.val_count), "chairs / tables (count)")
 
@@ -129,7 +131,8 @@ class ViewsTask(Task):
     # per step. Random init: Adam 1e-3 was the best of 1e-3 / 5e-3 / 2e-2 from one view.
     preset = Preset(field=FieldConfig(kind="pe", width=128, depth=4, n_freqs=6, output_offset=0.0),
                     learner="reptile", learner_options={"inner_steps": 8, "inner_lr": 1e-2, "inner_optimizer": "adam"},
-                    train={"outer_lr": 1e-3, "batch_size": 2, "eval_steps": 16}, data="chairs")
+                    train={"outer_lr": 1e-3, "batch_size": 2, "eval_steps": 16}, data="chairs",
+                    holdout=0.1)  # a fit from few views overfits them (held-out stopping, metainr.fit)
 
     @property
     def in_dim(self) -> int:

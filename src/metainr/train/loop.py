@@ -32,6 +32,8 @@ from .distributed import World, all_reduce_mean, any_process, broadcast_floats, 
 from .rundir import RunDirectory, own
 
 log = logging.getLogger(__name__)
+METRICS_CAP = 1 << 30
+"""the largest metrics.jsonl read back (a run logs ~150 bytes a step: millions of steps)"""
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> Tensor:
@@ -323,8 +325,11 @@ def _check_same_setup(meta: dict, learner: Learner, task: Task, config: TrainCon
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record, allow_nan=False) + "\n")
+    try:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record, allow_nan=False) + "\n")
+    except OSError as exc:
+        raise MetaINRError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -339,6 +344,10 @@ def read_metrics(path: str | Path) -> list[dict]:
     """Records of a ``metrics.jsonl`` file. Lines that are not a JSON record with a step (a torn
     last line, as a kill mid-write leaves) are skipped with a warning."""
     try:
+        size = Path(path).stat().st_size
+        if size > METRICS_CAP:
+            raise MetaINRError(f"{path} is {size:,} bytes, over the {METRICS_CAP:,} a metrics log may hold: not a "
+                               "metainr run's log")
         lines = Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
     except OSError as exc:
         raise MetaINRError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -349,7 +358,7 @@ def read_metrics(path: str | Path) -> list[dict]:
         try:
             record = json.loads(line)
             int(record["step"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             skipped += 1
             continue
         records.append(record)

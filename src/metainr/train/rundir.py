@@ -21,6 +21,7 @@ from types import TracebackType
 
 from ..disk import atomic_write_json
 from ..errors import MetaINRError
+from ..json_files import parse_json
 
 RUN_FILES = ("checkpoint.safetensors", "best.safetensors", "config.json", "metrics.jsonl", "training.png",
              "selected.png")
@@ -49,11 +50,11 @@ def read_marker(run: Path) -> dict | None:
     try:
         if path.stat().st_size > 1 << 20:
             raise ValueError("over 1 MiB")
-        marker = json.loads(path.read_text())
+        marker = parse_json(path.read_bytes(), str(path))
         if not (isinstance(marker, dict) and isinstance(marker.get("files"), list)
                 and all(isinstance(f, str) for f in marker["files"])):
             raise ValueError("not a run marker")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, MetaINRError) as exc:
         raise MetaINRError(f"{path} is damaged ({exc}): remove it to use {run} as a new run directory") from None
     return marker
 

@@ -25,3 +25,17 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def face_png(tmp_path):
+    """A held-out face of the bundled ``faces`` set as an 8-bit grey PNG."""
+    import numpy as np
+    from PIL import Image
+
+    from metainr import faces
+
+    arr = (faces("test").images[0, ..., 0].numpy() * 255).astype(np.uint8)
+    path = tmp_path / "face.png"
+    Image.fromarray(arr).save(path)
+    return path

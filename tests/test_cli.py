@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -18,16 +17,6 @@ def ckpt(tmp_path_factory):
                  "--steps", "4", "--batch-size", "4", "--inner-steps", "2", "--eval-every", "2", "--device", "cpu"])
     assert code == 0
     return run_dir / "checkpoint.safetensors"
-
-
-@pytest.fixture
-def face_png(tmp_path):
-    from metainr import faces
-
-    arr = (faces("test").images[0, ..., 0].numpy() * 255).astype(np.uint8)
-    path = tmp_path / "face.png"
-    Image.fromarray(arr).save(path)
-    return path
 
 
 def test_meta_train_writes_checkpoint_config_and_log(ckpt):

@@ -2,7 +2,6 @@
 wherever a checkpoint does; a meta-learned face init beats a random one on a held-out face."""
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -17,16 +16,6 @@ FACE_MARGIN_DB = 15.0
 """zoo:faces over a random init of its field after 3 steps on a held-out face (measured: 40.47 vs 17.37 dB, +23.1)"""
 
 ENTRIES = zoo_entries()
-
-
-@pytest.fixture
-def face_png(tmp_path):
-    from metainr import faces
-
-    arr = (faces("test").images[0, ..., 0].numpy() * 255).astype(np.uint8)
-    path = tmp_path / "face.png"
-    Image.fromarray(arr).save(path)
-    return path
 
 
 def test_zoo_has_one_init_per_bundled_class():

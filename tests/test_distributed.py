@@ -84,3 +84,14 @@ def test_tensorboard_logs_scalars_and_reconstructions(cli, tmp_path):
     code, _, err = cli(*TRAIN, "--steps", "2", "--run", tmp_path / "run", "--overwrite")
     assert code == 0, err
     assert not list((tmp_path / "run" / "tensorboard").glob("events.*"))
+
+
+def test_a_shard_of_a_batch_keeps_its_class_and_fields():
+    from metainr.tasks.views import ViewsBatch
+
+    batch = ViewsBatch(torch.zeros(4, 5, 3), torch.arange(60.0).view(4, 5, 3), [torch.tensor([i]) for i in range(4)],
+                       near=0.5, far=2.0)
+    for index in (slice(1, 3), torch.tensor([1, 2])):
+        part = batch.signals(index).to("cpu")
+        assert type(part) is ViewsBatch and (part.near, part.far) == (0.5, 2.0)
+        assert torch.equal(part.values, batch.values[1:3]) and [int(c) for c in part.context] == [1, 2]

@@ -72,14 +72,6 @@ def _number(value: Tensor) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
 
-def _signals(batch: Batch, index: Tensor) -> Batch:
-    """The signals ``index`` (k,) of ``batch`` (any Batch subclass; its context dropped)."""
-    pick = {"values": batch.values[index], "context": None,
-            "query": batch.query[index] if batch.per_signal_query else batch.query,
-            "reference": None if batch.reference is None else batch.reference[index]}
-    return type(batch)(**{**batch.__dict__, **pick})
-
-
 def _init_of(init: Mapping[str, Tensor], field: nn.Module, index: Tensor, n_signals: int) -> dict[str, Tensor]:
     """The initial params of signals ``index``: shared tensors as they are, per-signal ones indexed."""
     shapes = dict((n, p.shape) for n, p in field.named_parameters())
@@ -139,7 +131,7 @@ def guarded_fit(task: Task, batch: Batch, steps: int, prior: Candidate, random: 
     else:
         parts = []
         for index, name, c in groups:
-            sub = batch if len(index) == n else _signals(batch, index)
+            sub = batch if len(index) == n else batch.signals(index)
             parts.append((index, fit(task, c.field, _init_of(c.init, c.field, index, n), sub, steps,
                                                       record=record, metrics=metrics, holdout=holdout,
                                                       holdout_seed=holdout_seed, chunk_coords=chunk_coords,

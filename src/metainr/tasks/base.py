@@ -76,18 +76,26 @@ class Batch:
         """Context indices of signal ``b`` (None: all observations)."""
         return self.context if self.shared_context else self.context[b]
 
-    def signals(self, index: slice) -> "Batch":
-        """The signals ``index`` (a slice) of this batch."""
-        ctx = self.context if self.shared_context else self.context[index]
-        return Batch(self.query[index] if self.per_signal_query else self.query, self.values[index], ctx,
-                     None if self.reference is None else self.reference[index])
+    def signals(self, index: slice | Tensor) -> "Batch":
+        """The signals ``index`` (a slice, or a (k,) index tensor) of this batch, of this batch's
+        class (a subclass's own fields are kept as they are)."""
+        if self.shared_context:
+            ctx = self.context
+        elif isinstance(index, slice):
+            ctx = self.context[index]
+        else:
+            ctx = [self.context[int(i)] for i in index]
+        return dataclasses.replace(self, query=self.query[index] if self.per_signal_query else self.query,
+                                   values=self.values[index], context=ctx,
+                                   reference=None if self.reference is None else self.reference[index])
 
     def to(self, device: torch.device | str) -> "Batch":
-        """The same batch on ``device``."""
+        """The same batch on ``device``, of this batch's class."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         ctx = self.context
         ctx = move(ctx) if ctx is None or isinstance(ctx, Tensor) else [c.to(device) for c in ctx]
-        return Batch(self.query.to(device), self.values.to(device), ctx, move(self.reference))
+        return dataclasses.replace(self, query=self.query.to(device), values=self.values.to(device), context=ctx,
+                                   reference=move(self.reference))
 
 
 @dataclass(frozen=True)

@@ -115,15 +115,13 @@ class SDFBatch(Batch):
     surface: Tensor | None = None
     """(B, S, 3) points on the true surfaces"""
 
-    def signals(self, index: slice) -> "SDFBatch":
+    def signals(self, index: slice | Tensor) -> "SDFBatch":
         part = super().signals(index)
-        return SDFBatch(**{f.name: getattr(part, f.name) for f in dataclasses.fields(Batch)},
-                        surface=None if self.surface is None else self.surface[index])
+        return dataclasses.replace(part, surface=None if self.surface is None else self.surface[index])
 
     def to(self, device: torch.device | str) -> "SDFBatch":
         part = super().to(device)
-        return SDFBatch(**{f.name: getattr(part, f.name) for f in dataclasses.fields(Batch)},
-                        surface=None if self.surface is None else self.surface.to(device))
+        return dataclasses.replace(part, surface=None if self.surface is None else self.surface.to(device))
 
 
 def draw_samples(shape: Shape, count: int, seed: int | Sequence[int]) -> Tensor:

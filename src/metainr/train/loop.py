@@ -198,7 +198,6 @@ def _share_start(state: RunState, device: torch.device) -> None:
 def _save(state: RunState, path: Path, optimizer: torch.optim.Optimizer | None, **extra: Any) -> None:
     """A checkpoint of the current step; non-finite parameters end training (:class:`TrainingDiverged`)."""
     best = state.best[0] if math.isfinite(state.best[0]) else None
-    own(path.parent, path.name)
     try:
         save_checkpoint(path, state.learner, optimizer, state.step, state.task, state.config, state.info,
                         {"best_psnr": best, "best_step": state.best[1], **extra})
